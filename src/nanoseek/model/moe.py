@@ -1,0 +1,133 @@
+"""DeepSeekMoE: a router (V3 or V2 gate), fine-grained routed experts stored stacked, and shared experts.
+
+    y = Σ_{i ∈ topk} w_i · Expert_i(u) + SharedExperts(u)
+
+V3 gate (topk_method "noaux_tc"): s = sigmoid(W_g u); the bias b (e_score_correction_bias) is added for choosing
+experts only; a group scores the sum of its top-2 biased scores; experts outside the topk_group best groups are
+masked with −inf; weights are the unbiased s at the chosen experts, renormalised, times routed_scaling_factor.
+V2 gate: s = softmax(W_g u); "greedy" top-k, or "group_limited_greedy" with group score = max; no renormalisation
+unless norm_topk_prob.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import MLP
+
+
+class Gate(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.top_k = cfg.num_experts_per_tok
+        self.n_groups = cfg.n_group
+        self.topk_groups = cfg.topk_group
+        self.topk_method = cfg.topk_method
+        self.score_func = cfg.scoring_func
+        self.norm_topk_prob = cfg.norm_topk_prob
+        self.route_scale = cfg.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
+        # The aux-loss-free balancing bias: updated by the trainer, never by gradients, always kept in fp32.
+        if self.topk_method == "noaux_tc":
+            self.register_buffer("bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+        else:
+            self.bias = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (n, dim) -> weights (n, k) in x's dtype, expert indices (n, k)."""
+        logits = F.linear(x.float(), self.weight.float())  # routing in fp32
+        scores = logits.sigmoid() if self.score_func == "sigmoid" else logits.softmax(dim=-1)
+        choice = scores if self.bias is None else scores + self.bias
+        if self.n_groups > 1 and self.topk_method != "greedy":
+            grouped = choice.unflatten(-1, (self.n_groups, -1))
+            if self.topk_method == "noaux_tc":
+                group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+            else:
+                group_scores = grouped.amax(dim=-1)
+            keep = group_scores.topk(self.topk_groups, dim=-1).indices
+            dropped = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)
+            choice = grouped.masked_fill(dropped[..., None], float("-inf")).flatten(1)
+        indices = choice.topk(self.top_k, dim=-1).indices
+        weights = scores.gather(1, indices)
+        if self.norm_topk_prob and self.top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return (weights * self.route_scale).to(x.dtype), indices
+
+    def _apply(self, fn, recurse: bool = True):  # keep the bias in fp32 through model.to(dtype)
+        old = self.bias
+        super()._apply(fn, recurse)
+        if old is not None and self.bias.dtype != torch.float32:
+            self.bias = (torch.empty_like(self.bias, dtype=torch.float32) if old.is_meta
+                         else old.to(device=self.bias.device, dtype=torch.float32))
+        return self
+
+
+class Experts(nn.Module):
+    """All routed experts as stacked weights: w13 = [w1; w3] (E, 2I, dim) (gate and up fused), w2 (E, dim, I).
+
+    Tokens are sorted by expert and each expert multiplies only its own tokens, as one grouped GEMM per projection
+    (torch._grouped_mm) or, where that is unavailable, a loop over the experts that received tokens.
+    """
+
+    def __init__(self, n_experts: int, dim: int, inter_dim: int):
+        super().__init__()
+        self.inter_dim = inter_dim
+        self.w13 = nn.Parameter(torch.empty(n_experts, 2 * inter_dim, dim))
+        self.w2 = nn.Parameter(torch.empty(n_experts, dim, inter_dim))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                counts: torch.Tensor) -> torch.Tensor:
+        """x (n, dim); weights, indices (n, k); counts (E,) tokens per expert."""
+        order = indices.flatten().argsort(stable=True)
+        token = order // indices.shape[1]
+        xs = x[token]  # (n·k, dim), grouped by expert
+        if _use_grouped_mm(xs):
+            offs = counts.cumsum(0).to(torch.int32)
+            h = torch._grouped_mm(xs, self.w13.transpose(1, 2), offs=offs)
+            g, u = h.split(self.inter_dim, dim=-1)
+            ys = torch._grouped_mm(F.silu(g) * u, self.w2.transpose(1, 2), offs=offs)
+        else:
+            ys = torch.empty_like(xs)
+            start = 0
+            for e, n in enumerate(counts.tolist()):
+                if n:
+                    g, u = F.linear(xs[start:start + n], self.w13[e]).split(self.inter_dim, dim=-1)
+                    ys[start:start + n] = F.linear(F.silu(g) * u, self.w2[e])
+                    start += n
+        ys = ys * weights.flatten()[order, None]
+        return torch.zeros_like(x).index_add_(0, token, ys)
+
+
+def _use_grouped_mm(x: torch.Tensor) -> bool:
+    # The grouped GEMM needs 16-byte aligned rows and, on CUDA, a Hopper-class GPU for bf16.
+    if not hasattr(torch, "_grouped_mm") or x.shape[-1] * x.element_size() % 16:
+        return False
+    if x.is_cuda:
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return x.device.type == "cpu"
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_experts = cfg.n_routed_experts
+        self.gate = Gate(cfg)
+        self.experts = Experts(cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size)
+        self.shared_experts = (MLP(cfg.hidden_size, cfg.n_shared_experts * cfg.moe_intermediate_size)
+                               if cfg.n_shared_experts else None)
+        # Tokens routed to each expert by the last forward (for load balancing and reports).
+        self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_routed_experts, dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        weights, indices = self.gate(x)
+        counts = torch.bincount(indices.flatten(), minlength=self.n_experts)
+        self.tokens_per_expert = counts
+        y = self.experts(x, weights, indices, counts)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return y.view(shape)
