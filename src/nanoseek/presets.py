@@ -52,12 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
         max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1,
         initializer_range=0.006),
-    # Tens of millions of parameters (about 6% active in the MoE layers): benchmarks and demos.
+    # Tens of millions of parameters, 2 of 16 routed experts per token: benchmarks and demos.
     "small": dict(
         model_type="deepseek_v3", vocab_size=8192, hidden_size=512, intermediate_size=1536,
         moe_intermediate_size=256, num_hidden_layers=8, num_attention_heads=8, q_lora_rank=192,
-        kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=32,
-        n_shared_experts=1, num_experts_per_tok=4, n_group=4, topk_group=2, topk_method="noaux_tc",
+        kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=16,
+        n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2, topk_method="noaux_tc",
         scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5, first_k_dense_replace=1,
         num_nextn_predict_layers=1, rms_norm_eps=1e-6, rope_theta=10000,
         rope_scaling={"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024, "beta_fast": 32,

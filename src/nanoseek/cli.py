@@ -1,0 +1,99 @@
+"""The `nanoseek` command. Each subcommand parses its arguments and calls into the package; no logic lives here.
+
+Subcommands register themselves with `@command(name, help)`: a function that receives the subparser to add its
+arguments to, and returns the function that runs them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+Runner = Callable[[argparse.Namespace], int | None]
+_COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], Runner]]] = []
+
+
+def command(name: str, help: str):
+    def register(setup: Callable[[argparse.ArgumentParser], Runner]):
+        _COMMANDS.append((name, help, setup))
+        return setup
+    return register
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def load_config(name_or_dir: str):
+    """A preset name, a model directory, or a config.json path."""
+    import os
+
+    from .config import ModelConfig
+    from .presets import PRESETS
+    if name_or_dir in PRESETS:
+        return ModelConfig.preset(name_or_dir)
+    if os.path.exists(name_or_dir):
+        return ModelConfig.from_pretrained(name_or_dir)
+    raise CLIError(f"{name_or_dir!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a model directory")
+
+
+# ---------------------------------------------------------------------------------------------------- info
+@command("info", "parameters, activated parameters, KV-cache bytes and FLOPs of a preset or model directory")
+def _info(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("model", help="preset name or model directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seq-len", type=int, default=4096, help="sequence length for the attention FLOPs")
+
+    def run(a: argparse.Namespace) -> int:
+        from .info import count, format_info
+        info = count(load_config(a.model), seq_len=a.seq_len)
+        print(json.dumps(info) if a.json else format_info(a.model, info))
+        return 0
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+@command("demo", "the main job: the whole recipe on the built-in default")
+def _demo(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--preset", default="tiny")
+
+    def run(a: argparse.Namespace) -> int:
+        import torch
+
+        from .info import count, format_info
+        from .model import Transformer
+        cfg = load_config(a.preset)
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        ids = torch.randint(0, cfg.vocab_size, (1, 16))
+        logits = model(ids)
+        print(format_info(a.preset, count(cfg)))
+        print(f"built {a.preset}: forward of {tuple(ids.shape)} tokens -> logits {tuple(logits.shape)}")
+        return 0
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help, setup in _COMMANDS:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(_run=setup(sp))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except (CLIError, ValueError, FileNotFoundError) as e:
+        print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
