@@ -53,6 +53,33 @@ def _info(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- data
+@command("data", "data pipeline: `data prepare` tokenizes files or a built-in corpus into token shards")
+def _data(p: argparse.ArgumentParser) -> Runner:
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    pp = sub.add_parser("prepare", help="tokenize into resumable token shards with a train/validation split",
+                        description="Tokenize .txt (blank lines separate documents), .jsonl (`text` or chat "
+                        "`messages`) or .parquet (`text` column) files, or a built-in corpus, into token shards "
+                        "plus manifest.json. Rerun the same command to resume an interrupted run.")
+    src = pp.add_mutually_exclusive_group()
+    src.add_argument("--input", nargs="+", metavar="FILE", help="input files (.txt, .jsonl, .parquet)")
+    src.add_argument("--corpus", choices=["builtin", "pydoc", "tasks"],
+                     help="built-in offline corpus (default: builtin = pydoc + tasks)")
+    pp.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory (tokenizer.json)")
+    pp.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    pp.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents for validation")
+    pp.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (documents stay whole)")
+    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(a: argparse.Namespace) -> int:
+        from .data import prepare, summary
+        manifest = prepare(a.input or a.corpus or "builtin", a.tokenizer, a.out, val_fraction=a.val_fraction,
+                           shard_tokens=a.shard_tokens, progress=not a.no_progress)
+        print(f"{a.out}: {summary(manifest)}")
+        return 0
+    return run
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 @command("demo", "the main job: the whole recipe on the built-in default")
 def _demo(p: argparse.ArgumentParser) -> Runner:

@@ -1,0 +1,213 @@
+"""Where documents come from: built-in offline corpora and user files.
+
+A document is either plain text (`str`) or a chat (`list` of `{"role", "content", ...}` messages). Every source
+yields its documents in a fixed order, so a preparation run is a deterministic function of its inputs.
+
+Built-in corpora (no download):
+- `pydoc`: the reference documentation that ships with CPython (`pydoc_data.topics`), split at its section headings;
+- `tasks`: worked solutions of the built-in verifiable tasks (`nanoseek.tasks`) as plain text;
+- `builtin`: both, interleaved (the default).
+
+User files:
+- `.txt`: blank lines separate documents (HF `datasets`' `sample_by="paragraph"`), so one large file still splits
+  into many documents and the train/validation split works on it; a file without blank lines is one document;
+- `.jsonl`: one JSON object per line with a `text` string, or a chat `messages` list; blank lines are skipped;
+- `.parquet`: a `text` column, read batch by batch with `pyarrow` (optional dependency).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Union
+
+Message = dict[str, Any]
+Document = Union[str, list[Message]]
+
+SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file (and line) at fault."""
+
+
+# ------------------------------------------------------------------------------------------------ built-in corpora
+# A section heading in the docs is a line underlined by '*' (topic title) or '=' (section) of the same length.
+_HEADING = re.compile(r"^(?=\S)(.+)\n([*=])\2*$", re.MULTILINE)
+
+
+def _split_sections(text: str) -> list[str]:
+    starts = [m.start() for m in _HEADING.finditer(text) if len(m.group(0).split("\n")[1]) == len(m.group(1))]
+    bounds = sorted({0, *starts}) + [len(text)]
+    parts: list[str] = []
+    carry = ""  # a title with (almost) no text of its own stays with the section that follows it
+    for a, b in zip(bounds, bounds[1:]):
+        part = carry + text[a:b].strip()
+        carry = part + "\n\n" if len(part) < 200 and b < len(text) else ""
+        if not carry and part:
+            parts.append(part)
+    return parts
+
+
+def pydoc_documents() -> Iterator[str]:
+    """CPython's own reference text (`pydoc_data.topics.topics`, the text `help("assert")` shows): ~80 topics,
+    ~0.5 MB of English on Python 3.11, split at section headings into ~150 documents. Sorted by topic name."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:  # some distributions strip it
+        raise DataError("the 'pydoc' corpus needs the standard library's pydoc_data module, which this Python "
+                        "lacks; use --input FILES instead") from e
+    for name in sorted(topics):
+        yield from _split_sections(topics[name])
+
+
+def task_documents(per_task: int = 2000, seed: int = 0) -> Iterator[str]:
+    """Worked solutions of every built-in verifiable task (training split only), as plain text."""
+    try:
+        from .. import tasks
+    except ImportError as e:
+        raise DataError("the 'tasks' corpus needs nanoseek.tasks (the built-in verifiable tasks), which is not "
+                        "available in this installation; use --corpus pydoc or --input FILES") from e
+    for name in tasks.names():
+        task = tasks.get(name)
+        for example in task.examples(per_task, seed=seed, split="train"):
+            yield task.worked_text(example)
+
+
+def _have_tasks() -> bool:
+    try:
+        from .. import tasks  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def builtin_documents() -> Iterator[str]:
+    """`pydoc` and `tasks` interleaved one by one (the longer source continues alone at the end); `pydoc` alone,
+    with a warning, where nanoseek.tasks is missing."""
+    if not _have_tasks():
+        warnings.warn("nanoseek.tasks is not available: the builtin corpus is the pydoc corpus alone")
+        yield from pydoc_documents()
+        return
+    pydoc, task = pydoc_documents(), task_documents()
+    for a, b in itertools.zip_longest(pydoc, task):
+        if a is not None:
+            yield a
+        if b is not None:
+            yield b
+
+
+CORPORA: dict[str, Callable[[], Iterator[Document]]] = {
+    "builtin": builtin_documents,
+    "pydoc": pydoc_documents,
+    "tasks": task_documents,
+}
+
+
+def corpus_documents(name: str) -> Iterator[Document]:
+    if name not in CORPORA:
+        raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)}")
+    return CORPORA[name]()
+
+
+# ------------------------------------------------------------------------------------------------------ user files
+def check_input(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix not in SUFFIXES:
+        raise DataError(f"{p}: unsupported file type {p.suffix or '(none)'!r}; expected one of {', '.join(SUFFIXES)}")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    return p
+
+
+def _txt(p: Path) -> Iterator[str]:
+    """Streams the file line by line: a run of blank lines ends a document."""
+    lines: list[str] = []
+    with p.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                lines.append(line)
+            elif lines:
+                yield "".join(lines).rstrip("\n")
+                lines = []
+    if lines:
+        yield "".join(lines).rstrip("\n")
+
+
+def _messages(value: Any, where: str) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or \
+                not isinstance(m.get("content", ""), (str, type(None))):
+            raise DataError(f"{where}: messages[{i}] needs a string 'role' and a string 'content'")
+    return value
+
+
+def _jsonl(p: Path) -> Iterator[Document]:
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{p}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if "text" in row:
+                if not isinstance(row["text"], str):
+                    raise DataError(f"{where}: field 'text' must be a string")
+                yield row["text"]
+            elif "messages" in row:
+                yield _messages(row["messages"], where)
+            else:
+                raise DataError(f"{where}: missing field 'text' (or a chat 'messages' list)")
+
+
+def _parquet(p: Path) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{p}: reading .parquet needs pyarrow: pip install pyarrow") from None
+    f = pq.ParquetFile(p)
+    if "text" not in f.schema_arrow.names:
+        raise DataError(f"{p}: missing column 'text' (columns: {', '.join(f.schema_arrow.names)})")
+    for batch in f.iter_batches(columns=["text"], batch_size=1024):
+        for t in batch.column(0).to_pylist():
+            if not isinstance(t, str):
+                raise DataError(f"{p}: column 'text' holds a non-string value ({type(t).__name__})")
+            yield t
+
+
+def file_documents(path: str | Path) -> Iterator[Document]:
+    p = check_input(path)
+    read = {".txt": _txt, ".jsonl": _jsonl, ".parquet": _parquet}[p.suffix]
+    try:
+        yield from read(p)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text ({e.reason})") from None
+
+
+def iter_documents(inputs: Iterable[str | Path]) -> Iterator[Document]:
+    for path in inputs:
+        yield from file_documents(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def document_key(doc: Document) -> bytes:
+    """Canonical bytes of a document: what the split hash and the corpus fingerprint are computed from."""
+    if isinstance(doc, str):
+        return doc.encode("utf-8")
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
