@@ -14,7 +14,8 @@ function of the inputs, the tokenizer and the settings (their hash is the manife
 
 Resuming: each shard is written to a temporary file, fsynced and renamed, then the manifest (rewritten atomically
 the same way) lists it. A rerun with the same fingerprint skips the documents of listed shards without tokenizing
-them and continues; with a complete manifest it does nothing.
+them and continues; with a complete manifest it does nothing. A different fingerprint is an error when the
+directory is complete, and starts over when it is not (the unfinished shards are of no use).
 """
 from __future__ import annotations
 
@@ -154,8 +155,15 @@ def _resume(out: Path, fingerprint: str) -> dict[str, Any] | None:
         return None
     manifest = read_manifest(out)
     if manifest["fingerprint"] != fingerprint:
-        raise DataError(f"{out} holds tokens prepared from other inputs, tokenizer or settings; use another "
-                        "--out directory or delete this one")
+        if manifest["complete"]:
+            raise DataError(f"{out} holds tokens prepared from other inputs, tokenizer or settings; use another "
+                            "--out directory or delete this one")
+        # An unfinished run on other inputs (e.g. stopped by a bad line since fixed): its shards are of no use.
+        for split in manifest["splits"].values():
+            for shard in split["shards"]:
+                for name in shard["files"]:
+                    (out / name).unlink(missing_ok=True)
+        return None
     for split in manifest["splits"].values():
         good = []
         for shard in split["shards"]:
