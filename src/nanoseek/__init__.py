@@ -1,6 +1,9 @@
 """nanoseek: DeepSeek-V3 / R1 in plain PyTorch."""
 from .config import ModelConfig
 from .model import LatentCache, Transformer
+from .reasoning import ReasoningParser
+from .tokenizer import Tokenizer, train_tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["ModelConfig", "Transformer", "LatentCache", "__version__"]
+__all__ = ["ModelConfig", "Transformer", "LatentCache", "Tokenizer", "train_tokenizer", "ReasoningParser",
+           "__version__"]

@@ -53,6 +53,32 @@ def _info(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- tokenizer
+@command("tokenizer", "tokenizer tools: `tokenizer train` trains a byte-level BPE with DeepSeek's special tokens")
+def _tokenizer(p: argparse.ArgumentParser) -> Runner:
+    sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="SUBCOMMAND")
+    tp = sub.add_parser("train", help="train a byte-level BPE tokenizer on text files",
+                        description="Train a byte-level BPE (DeepSeek's pre-tokenizer) with BOS/EOS/pad, <｜User｜>, "
+                        "<｜Assistant｜>, <think>, </think> and the tool-call markers, and write tokenizer.json + "
+                        "tokenizer_config.json (with the R1 chat template) that nanoseek and transformers load.")
+    tp.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files or directories (*.txt)")
+    tp.add_argument("--vocab-size", type=int, required=True, help="total ids, special tokens included")
+    tp.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    tp.add_argument("--min-frequency", type=int, default=2, help="minimum count of a merged pair")
+    tp.add_argument("--model-max-length", type=int, default=4096, help="model_max_length in tokenizer_config.json")
+
+    def run(a: argparse.Namespace) -> int:
+        import time
+
+        from .tokenizer import train_tokenizer
+        t0 = time.perf_counter()
+        tok = train_tokenizer(a.input, a.vocab_size, a.out, min_frequency=a.min_frequency,
+                              model_max_length=a.model_max_length, show_progress=sys.stderr.isatty())
+        print(f"{a.out}: {tok.vocab_size}-token byte-level BPE trained in {time.perf_counter() - t0:.1f}s")
+        return 0
+    return run
+
+
 # ---------------------------------------------------------------------------------------------------- data
 @command("data", "data pipeline: `data prepare` tokenizes files or a built-in corpus into token shards")
 def _data(p: argparse.ArgumentParser) -> Runner:
