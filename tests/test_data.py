@@ -249,7 +249,7 @@ def test_bad_inputs(tok, tmp_path, monkeypatch):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(DataError, match="no training documents"):
-        prep(empty)
+        prepare([empty], tok, tmp_path / "empty", progress=False)
     pq = tmp_path / "d.parquet"
     pq.write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
