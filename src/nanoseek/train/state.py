@@ -1,0 +1,91 @@
+"""Training checkpoints that survive crashes: model, optimizer, RNG, data position and balancing state in one file,
+written atomically (temporary file, fsync, rename), the last N kept.
+
+The file is read with torch.load(weights_only=True): tensors and plain containers only, no arbitrary code.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"step_(\d+)\.pt$")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """torch.save to `path` so that a crash at any moment leaves either the old file or the complete new one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise OSError(f"could not write checkpoint {path}: {e.strerror or e} "
+                          f"(the previous checkpoint is intact)") from e
+        raise
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of complete checkpoints, oldest first."""
+    out = []
+    for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt")):
+        m = _NAME.search(p)
+        if m:
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def save(ckpt_dir: str, step: int, state: dict[str, Any], keep: int) -> str:
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, f"step_{step:07d}.pt")
+    atomic_torch_save({"step": step, "rng": rng_state(), **state}, path)
+    for _, old in checkpoints(ckpt_dir)[:-keep]:
+        os.remove(old)
+    return path
+
+
+def load(path: str) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None

@@ -1,0 +1,174 @@
+"""Training loop: learning, exact resume, balancing, schedules, config errors, crash safety."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from nanoseek import ModelConfig
+from nanoseek.train import Data, Trainer, TrainingError, dense_baseline
+from nanoseek.train.balance import LoadBalancer
+from nanoseek.train.config import build
+from nanoseek.train.distributed import DistEnv
+from nanoseek.train.optim import lr_at, param_groups
+from nanoseek.train.windows import TokenWindows, unigram_entropy
+from nanoseek.info import count
+from nanoseek.model import Transformer
+
+
+def make_data(seq_len: int = 32, vocab: int = 128) -> Data:
+    rng = np.random.default_rng(0)
+    words = [rng.integers(2, vocab, size=rng.integers(2, 5)) for _ in range(30)]
+    stream = np.concatenate([words[i] for i in rng.integers(0, 30, size=6000)]).astype(np.uint16)
+    tr, va = stream[:15000], stream[15000:]
+    return Data(TokenWindows([tr], seq_len), TokenWindows([va], seq_len), vocab, unigram_entropy([tr], vocab))
+
+
+def cfg_for(tmp_path, *extra: str, **kw):
+    args = ["--max_steps", "8", "--seq_len", "32", "--batch_size", "4", "--eval_every", "4", "--ckpt_every", "3",
+            "--warmup_steps", "2", "--run_dir", str(tmp_path), "--progress", "false", "--model.vocab_size", "128",
+            "--lr", "3e-3", *extra]
+    return build(None, args, **kw)
+
+
+def metrics(tmp_path):
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_training_learns(tmp_path):
+    data = make_data()
+    out = Trainer(cfg_for(tmp_path, "--max_steps", "40", "--eval_every", "40", "--lr", "1e-2"), data, DistEnv()).fit()
+    rows = metrics(tmp_path)
+    assert rows[-1]["step"] == 40 and "mtp1" in rows[0] and "aux" in rows[0]
+    assert out["val_loss"] < rows[0]["ce"] - 0.5  # far below where it started
+    assert math.isfinite(out["val_loss"]) and out["unigram_entropy"] > 0
+
+
+def test_resume_is_exact(tmp_path):
+    data = make_data()
+    full = Trainer(cfg_for(tmp_path / "a"), data, DistEnv()).fit()
+    t = Trainer(cfg_for(tmp_path / "b"), data, DistEnv())
+    t.fit(stop_after=5)  # "killed" after step 5: the last checkpoint is step 3
+    resumed = Trainer(cfg_for(tmp_path / "b", resume=True), data, DistEnv())
+    resumed.fit()
+    a = {r["step"]: r["loss"] for r in metrics(tmp_path / "a")}
+    b = {r["step"]: r["loss"] for r in metrics(tmp_path / "b")}  # steps 4, 5 appear twice: the rerun overwrites
+    assert sorted(a) == sorted(b)
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=1e-6, abs=1e-7), s
+    assert full["val_loss"] == pytest.approx(metrics(tmp_path / "b")[-1]["val_loss"], rel=1e-6)
+    ckpts = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
+    assert ckpts == ["step_0000006.pt", "step_0000008.pt"]  # keep_checkpoints = 2, no temp files
+
+
+def test_gradient_accumulation_matches_big_batch(tmp_path):
+    data = make_data()
+    Trainer(cfg_for(tmp_path / "a", "--max_steps", "3", "--batch_size", "8"), data, DistEnv()).fit()
+    Trainer(cfg_for(tmp_path / "b", "--max_steps", "3", "--batch_size", "2", "--global_batch_size", "8"),
+            data, DistEnv()).fit()
+    for ra, rb in zip(metrics(tmp_path / "a"), metrics(tmp_path / "b")):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=2e-4)
+
+
+def test_nan_loss_stops_cleanly(tmp_path):
+    t = Trainer(cfg_for(tmp_path), make_data(), DistEnv())
+    t.fit(stop_after=3)
+    with torch.no_grad():
+        t.model.embed.weight[5] = float("nan")
+    t.data.train.arrays = [np.full(2000, 5, dtype=np.uint16)]
+    with pytest.raises(TrainingError, match="non-finite"):
+        t.fit()
+    assert [s for s, _ in __import__("nanoseek.train.state", fromlist=["x"]).checkpoints(t.ckpt_dir)] == [3]
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    t = Trainer(cfg_for(tmp_path), make_data(), DistEnv())
+    t.fit(stop_after=3)
+    import nanoseek.train.state as st
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="previous checkpoint is intact"):
+        t.save_checkpoint()
+    assert os.listdir(t.ckpt_dir) == ["step_0000003.pt"]
+    monkeypatch.undo()
+    assert st.load(os.path.join(t.ckpt_dir, "step_0000003.pt"))["step"] == 3
+
+
+def test_bias_update_sign_rule():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig.preset("tiny"))
+    bal = LoadBalancer(m, gamma=0.01)
+    name, moe = next(iter(bal.moes.items()))
+    bal.load[name] = torch.tensor([10.0, 0, 5, 5, 5, 5, 5, 5], dtype=torch.float64)
+    before = moe.gate.bias.clone()
+    stats = bal.step()
+    delta = moe.gate.bias - before
+    assert delta[0] == pytest.approx(-0.01) and delta[1] == pytest.approx(0.01)  # overloaded down, underloaded up
+    assert stats[name]["max_over_mean"] == pytest.approx(2.0)
+    assert moe.gate.bias.dtype == torch.float32 and moe.gate.bias.grad is None
+
+
+def test_seq_aux_loss_value():
+    """L_bal = α Σ_i f_i P_i; uniform scores and perfectly balanced choices give α · K·... = α."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig.preset("tiny")).train()
+    bal = LoadBalancer(m, gamma=0.0, seq_aux_alpha=1.0)
+    for moe in bal.moes.values():
+        torch.nn.init.zeros_(moe.gate.weight)  # all scores equal: P_i = 1/E
+    bal.begin_forward(2)
+    m(torch.randint(0, 100, (2, 16)))
+    aux = bal.aux_loss()
+    # Σ_i f_i P_i = (1/E) Σ_i f_i = (1/E) · E/(K T) · K T = 1 per layer and sequence
+    n_layers = len([1 for mo in bal.moes.values() if not any(p is mo for p in m.mtp.modules())])
+    assert aux.item() == pytest.approx(n_layers, rel=1e-5)
+
+
+def test_schedules():
+    kw = dict(max_steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, schedule="wsd", **kw) == pytest.approx(0.1)
+    assert lr_at(50, schedule="wsd", **kw) == 1.0  # constant phase
+    assert lr_at(99, schedule="wsd", **kw) == pytest.approx(0.1, abs=0.01)  # decayed
+    assert lr_at(55, schedule="cosine", **kw) == pytest.approx(0.55)
+    assert lr_at(99, schedule="constant", **kw) == 1.0
+
+
+def test_param_groups_no_decay_on_norms_and_embeddings():
+    m = Transformer(ModelConfig.preset("tiny"))
+    decay, no_decay = param_groups(m, 0.1)
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert all("norm" in names[id(p)] or "embed" in names[id(p)] for p in no_decay["params"])
+    assert any(names[id(p)].endswith("experts.w13") for p in decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+def test_dense_baseline_same_active_params():
+    cfg = ModelConfig.preset("small")
+    dense = dense_baseline(cfg)
+    assert not dense.is_moe
+    a, b = count(cfg), count(dense)
+    gate_and_bias = (cfg.num_hidden_layers - cfg.first_k_dense_replace) * cfg.n_routed_experts * (cfg.hidden_size + 1)
+    dense_extra = cfg.first_k_dense_replace * 3 * cfg.hidden_size * (
+        dense.intermediate_size - cfg.intermediate_size)
+    assert b["active_params"] == a["active_params"] - gate_and_bias + dense_extra
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown key 'learning_rate'"):
+        build(None, ["--learning_rate", "1"])
+    with pytest.raises(ValueError, match="max_steps: expected int"):
+        build(None, ["--max_steps", "ten"])
+    with pytest.raises(ValueError, match="model.hidden_sise"):
+        Trainer(cfg_for(tmp_path, "--model.hidden_sise", "64"), make_data(), DistEnv())
+    with pytest.raises(ValueError, match="tokenizer has 128 tokens but the model's vocab_size is 64"):
+        Trainer(cfg_for(tmp_path, "--model.vocab_size", "64"), make_data(), DistEnv())
+    with pytest.raises(ValueError, match="too little data"):
+        TokenWindows([np.zeros(10, dtype=np.uint16)], 32)
+    cfg = build({"max_steps": 5, "model": {"name": "tiny", "n_routed_experts": 4, "topk_group": 1, "n_group": 1}},
+                ["--lr", "0.01"])
+    assert cfg.max_steps == 5 and cfg.lr == 0.01 and cfg.model_overrides["n_routed_experts"] == 4
