@@ -249,6 +249,29 @@ def test_trained_tokenizer(trained):
     assert not [p.name for p in trained.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_trained_tokenizer_renders_r1_format(trained):
+    tok = Tokenizer.from_pretrained(trained)
+    msgs = [{"role": "system", "content": "S1"}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<think>\nr\n</think>\n\nHello"}, {"role": "system", "content": "S2"},
+            {"role": "user", "content": "2+2?"}]
+    assert tok.apply_chat_template(msgs) == ("<｜begin▁of▁sentence｜>S1\n\nS2<｜User｜>Hi<｜Assistant｜>\n\nHello"
+                                             "<｜end▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜><think>\n")
+    ids = tok.apply_chat_template(msgs, tokenize=True)
+    assert ids[0] == 0 and ids.count(0) == 1 and ids[-3:-1] == [4, 5]  # <｜Assistant｜><think>
+    calls = [{"role": "user", "content": "w"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"type": "function", "function": {"name": "f", "arguments": "{}"}},
+                 {"type": "function", "function": {"name": "g", "arguments": "[1]"}}]},
+             {"role": "tool", "content": "A"}, {"role": "tool", "content": "B"},
+             {"role": "assistant", "content": "done"}]
+    assert tok.apply_chat_template(calls) == (
+        "<｜begin▁of▁sentence｜><｜User｜>w<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f"
+        "\n```json\n{}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n[1]\n```"
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>A"
+        "<｜tool▁output▁end｜><｜tool▁output▁begin｜>B<｜tool▁output▁end｜><｜tool▁outputs▁end｜>done<｜end▁of▁sentence｜>"
+        "<｜Assistant｜><think>\n")
+
+
 def test_trained_tokenizer_matches_transformers(trained):
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(trained)
