@@ -9,7 +9,8 @@ import torch
 
 from nanoseek.cli import main
 from nanoseek.data import (IGNORE_INDEX, DataError, Example, TokenDataset, encode_chat, encode_document,
-                           file_documents, pack_sft, prepare, pydoc_documents, read_manifest, token_dtype)
+                           file_documents, pack_sft, prepare, pydoc_documents, read_manifest, task_documents,
+                           token_dtype)
 from nanoseek.data.prepare import split_of
 from nanoseek.tokenizer import train_tokenizer
 
@@ -70,6 +71,13 @@ def test_pydoc_corpus(pydoc):
     assert len(pydoc) > 50 and all(isinstance(d, str) and d.strip() for d in pydoc)
     assert sum(map(len, pydoc)) > 200_000
     assert any(d.startswith('The "assert" statement') for d in pydoc)
+
+
+def test_task_corpus():
+    tasks = pytest.importorskip("nanoseek.tasks", reason="nanoseek.tasks not available")
+    docs = list(task_documents(per_task=5))
+    assert docs == list(task_documents(per_task=5)) and len(docs) == 5 * len(tasks.names())
+    assert all("<think>" in d and "\\boxed{" in d for d in docs)
 
 
 def test_txt_blank_lines_separate_documents(tmp_path):

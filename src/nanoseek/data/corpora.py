@@ -6,7 +6,7 @@ yields its documents in a fixed order, so a preparation run is a deterministic f
 Built-in corpora (no download):
 - `pydoc`: the reference documentation that ships with CPython (`pydoc_data.topics`), split at its section headings;
 - `tasks`: worked solutions of the built-in verifiable tasks (`nanoseek.tasks`) as plain text;
-- `builtin`: both, interleaved (the default).
+- `builtin`: both (the default).
 
 User files:
 - `.txt`: blank lines separate documents (HF `datasets`' `sample_by="paragraph"`), so one large file still splits
@@ -65,7 +65,9 @@ def pydoc_documents() -> Iterator[str]:
 
 
 def task_documents(per_task: int = 2000, seed: int = 0) -> Iterator[str]:
-    """Worked solutions of every built-in verifiable task (training split only), as plain text."""
+    """`per_task` worked problems of each built-in verifiable task, levels mixed, as plain text (the prompt, then
+    the `<think>` steps and the boxed answer), one problem per document. Only the tasks' train split is used, so
+    their test problems stay unseen by pretraining."""
     try:
         from .. import tasks
     except ImportError as e:
@@ -73,8 +75,9 @@ def task_documents(per_task: int = 2000, seed: int = 0) -> Iterator[str]:
                         "available in this installation; use --corpus pydoc or --input FILES") from e
     for name in tasks.names():
         task = tasks.get(name)
-        for example in task.examples(per_task, seed=seed, split="train"):
-            yield task.worked_text(example)
+        levels = list(range(1, task.num_levels + 1))
+        for example in itertools.islice(task.iter_examples(split="train", level=levels, seed=seed), per_task):
+            yield task.document(example)
 
 
 def _have_tasks() -> bool:
@@ -86,18 +89,13 @@ def _have_tasks() -> bool:
 
 
 def builtin_documents() -> Iterator[str]:
-    """`pydoc` and `tasks` interleaved one by one (the longer source continues alone at the end); `pydoc` alone,
+    """`pydoc` then `tasks` (order does not matter to training: windows are sampled at random); `pydoc` alone,
     with a warning, where nanoseek.tasks is missing."""
-    if not _have_tasks():
+    yield from pydoc_documents()
+    if _have_tasks():
+        yield from task_documents()
+    else:
         warnings.warn("nanoseek.tasks is not available: the builtin corpus is the pydoc corpus alone")
-        yield from pydoc_documents()
-        return
-    pydoc, task = pydoc_documents(), task_documents()
-    for a, b in itertools.zip_longest(pydoc, task):
-        if a is not None:
-            yield a
-        if b is not None:
-            yield b
 
 
 CORPORA: dict[str, Callable[[], Iterator[Document]]] = {
