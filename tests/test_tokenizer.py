@@ -102,6 +102,16 @@ def test_r1_encode_decode_match_transformers(r1, hf_r1):
     assert r1.decode([6366, 129000]) == r1.decode([6366])
 
 
+def test_r1_decode_stream(r1):
+    text = "<think>\n你好，世界 😀 naïve</think>ok<｜end▁of▁sentence｜>"
+    ids = r1.encode(text)
+    for skip in (False, True):
+        stream = r1.decode_stream(skip_special_tokens=skip)
+        pieces = [stream.step(i) for i in ids]
+        assert "".join(p for p in pieces if p) == r1.decode(ids, skip_special_tokens=skip)
+        assert None in pieces  # a multi-byte character split across tokens waits for its last byte
+
+
 def test_r1_bos_matches_transformers_with_add_bos(r1, hf_r1):
     hf_r1.add_bos_token = True
     try:
@@ -213,6 +223,9 @@ def test_missing_and_bad_files(tmp_path, trained):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="tokenizer_config.json is not valid JSON"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<nope>"}), encoding="utf-8")
     with pytest.raises(ValueError, match="bos_token '<nope>' is not in the vocabulary"):

@@ -231,6 +231,17 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------------ Tokenizer
+class DecodeStream:
+    """`tokenizers.decoders.DecodeStream` bound to its tokenizer."""
+
+    def __init__(self, backend: tokenizers.Tokenizer, skip_special_tokens: bool = False):
+        self._backend = backend
+        self._stream = decoders.DecodeStream(skip_special_tokens=skip_special_tokens)
+
+    def step(self, id: int) -> str | None:
+        return self._stream.step(self._backend, int(id))
+
+
 class Tokenizer:
     """A Hugging Face fast tokenizer (`tokenizer.json`) with its `tokenizer_config.json`.
 
@@ -264,7 +275,7 @@ class Tokenizer:
 
     def _set_bos_eos(self, add_bos: bool, add_eos: bool) -> None:
         # A TemplateProcessing post-processor, as transformers 4's Llama tokenizer installs for these flags.
-        if add_bos and self.bos_token is None or add_eos and self.eos_token is None:
+        if (add_bos and self.bos_token is None) or (add_eos and self.eos_token is None):
             raise ValueError("tokenizer_config.json: add_bos_token/add_eos_token set but the token is not defined")
         bos = [self.bos_token] if add_bos else []
         eos = [self.eos_token] if add_eos else []
@@ -293,6 +304,8 @@ class Tokenizer:
                 config = json.loads(cfg_file.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{cfg_file} must hold a JSON object, not {type(config).__name__}")
         else:
             raise FileNotFoundError(f"{cfg_file} not found")
         template = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else None
@@ -349,10 +362,10 @@ class Tokenizer:
         """Ids outside the vocabulary (a model's padded embedding rows) decode to nothing."""
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def decode_stream(self, skip_special_tokens: bool = False) -> decoders.DecodeStream:
-        """Incremental detokenizer: `.step(tokenizer.backend, id)` returns new text or None while a UTF-8
-        character is still incomplete."""
-        return decoders.DecodeStream(skip_special_tokens=skip_special_tokens)
+    def decode_stream(self, skip_special_tokens: bool = False) -> "DecodeStream":
+        """Incremental detokenizer for one sequence: `.step(id)` returns the new text, or None while a UTF-8
+        character is still incomplete; the pieces joined equal `decode` of all the ids."""
+        return DecodeStream(self.backend, skip_special_tokens)
 
     # ------------------------------------------------------------------------------------------ chat template
     def get_chat_template(self, chat_template: str | None = None, tools: list | None = None) -> str:
