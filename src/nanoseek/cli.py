@@ -106,6 +106,22 @@ def _data(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- convert
+@command("convert", "rewrite a Hugging Face checkpoint (e.g. the official FP8 weights) dequantised to --dtype")
+def _convert(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("src", help="model directory to read (config.json + safetensors)")
+    p.add_argument("dst", help="model directory to write (replaced atomically if it exists)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of the weights")
+    p.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
+
+    def run(a: argparse.Namespace) -> int:
+        from .fp8 import convert_checkpoint
+        out = convert_checkpoint(a.src, a.dst, dtype=a.dtype, max_shard_size=a.max_shard_size)
+        print(f"wrote {out} ({a.dtype})")
+        return 0
+    return run
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 @command("demo", "the main job: the whole recipe on the built-in default")
 def _demo(p: argparse.ArgumentParser) -> Runner:

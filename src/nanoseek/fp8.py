@@ -1,0 +1,156 @@
+"""Block-wise FP8 weights in the format of the official DeepSeek-V3/R1 checkpoints.
+
+A weight W (out, in) is stored as W_q = float8_e4m3fn and `<name>_scale_inv` (fp32) of shape
+(ceil(out/128), ceil(in/128)), one scale per 128x128 block (edge blocks may be partial):
+
+    W[i, j] = float(W_q[i, j]) · scale_inv[i // 128, j // 128]          (dequantisation, README_WEIGHTS.md)
+    scale_inv[b] = max|W| over block b / 448                            (448 = largest finite e4m3fn value)
+
+`quantization_config` in config.json: {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+"weight_block_size": [128, 128]}.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+SCALE_SUFFIX = "_scale_inv"  # official names: `<prefix>.weight` + `<prefix>.weight_scale_inv`
+_ST_ITEMSIZE = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}  # safetensors' non-float dtypes
+
+
+def scale_shape(shape: tuple[int, ...] | torch.Size, block: tuple[int, int]) -> tuple[int, int]:
+    """(ceil(out/bo), ceil(in/bi)): one scale per block, partial edge blocks included."""
+    return math.ceil(shape[0] / block[0]), math.ceil(shape[1] / block[1])
+
+
+def quantize_fp8_blockwise(w: torch.Tensor, block: int | tuple[int, int] = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (out, in) -> (W_q float8_e4m3fn (out, in), scale_inv fp32 (ceil(out/bo), ceil(in/bi))).
+
+    Edge blocks are zero-padded before taking the block maximum (zeros do not change it), then cropped."""
+    if w.dim() != 2:
+        raise ValueError(f"quantize_fp8_blockwise: expected a 2-D weight, got shape {tuple(w.shape)}")
+    bo, bi = (block, block) if isinstance(block, int) else block
+    out, inn = w.shape
+    no, ni = scale_shape(w.shape, (bo, bi))
+    padded = w.new_zeros(no * bo, ni * bi, dtype=torch.float32)
+    padded[:out, :inn] = w.float()
+    blocks = padded.view(no, bo, ni, bi)
+    amax = blocks.abs().amax(dim=(1, 3))
+    # An all-zero block gets scale 1 (any positive value dequantises its zeros exactly).
+    scale_inv = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    q = (blocks / scale_inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q.view(no * bo, ni * bi)[:out, :inn].contiguous(), scale_inv.contiguous()
+
+
+def dequantize_fp8_blockwise(w_q: torch.Tensor, scale_inv: torch.Tensor, block: int | tuple[int, int] = 128,
+                             dtype: torch.dtype = torch.float32, name: str = "weight") -> torch.Tensor:
+    """W = float(W_q) · scale_inv[i // bo, j // bi], computed in fp32 and cast to `dtype`."""
+    bo, bi = (block, block) if isinstance(block, int) else block
+    if w_q.dim() != 2:
+        raise ValueError(f"{name}: FP8 weights must be 2-D, got shape {tuple(w_q.shape)}")
+    expected = scale_shape(w_q.shape, (bo, bi))
+    if tuple(scale_inv.shape) != expected:
+        raise ValueError(f"{name}{SCALE_SUFFIX}: shape {tuple(scale_inv.shape)} does not match weight "
+                         f"{tuple(w_q.shape)} with {bo}x{bi} blocks (expected {expected})")
+    out, inn = w_q.shape
+    s = scale_inv.float().repeat_interleave(bo, dim=0)[:out].repeat_interleave(bi, dim=1)[:, :inn]
+    return (w_q.float() * s).to(dtype)
+
+
+def check_quantization_config(qc: Any, where: str) -> tuple[int, int] | None:
+    """Validate `quantization_config`; returns the weight block size, or None when there is none.
+    Only the official block-wise e4m3 FP8 format is supported."""
+    if qc is None:
+        return None
+    if not isinstance(qc, dict):
+        raise ValueError(f"{where}: quantization_config must be an object, got {type(qc).__name__}")
+    method = qc.get("quant_method")
+    if method != "fp8":
+        raise ValueError(f"{where}: unsupported quantization {method!r}: only the official block-wise FP8 "
+                         "('quant_method': 'fp8', 'fmt': 'e4m3') is supported")
+    fmt = qc.get("fmt", "e4m3")
+    if fmt != "e4m3":
+        raise ValueError(f"{where}: unsupported FP8 format {fmt!r}: only 'e4m3' is supported")
+    if qc.get("activation_scheme", "dynamic") != "dynamic":
+        raise ValueError(f"{where}: unsupported FP8 activation_scheme {qc.get('activation_scheme')!r}: "
+                         "only 'dynamic' is supported")
+    block = qc.get("weight_block_size")
+    if (not isinstance(block, (list, tuple)) or len(block) != 2
+            or not all(isinstance(b, int) and b > 0 for b in block)):
+        raise ValueError(f"{where}: quantization_config.weight_block_size must be two positive integers "
+                         f"(block-wise FP8), got {block!r}")
+    return int(block[0]), int(block[1])
+
+
+def fp8_quantization_config(block: int = 128) -> dict[str, Any]:
+    """The `quantization_config` of the official FP8 checkpoints."""
+    return {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+            "weight_block_size": [block, block]}
+
+
+def check_fp8_tensor(k: str, info: dict[str, Any], block: tuple[int, int] | None) -> None:
+    """An FP8 tensor of a checkpoint needs the FP8 quantization_config and a `_scale_inv` of one scale per block.
+    info: name -> header entry with `.dtype` (safetensors name) and `.shape`."""
+    t = info[k]
+    if not t.dtype.startswith("F8"):
+        return
+    if block is None:
+        raise ValueError(f"tensor {k} is {t.dtype} but config.json has no quantization_config")
+    if t.dtype != "F8_E4M3":
+        raise ValueError(f"tensor {k}: unsupported FP8 dtype {t.dtype} (only F8_E4M3)")
+    scale = info.get(k + SCALE_SUFFIX)
+    if scale is None:
+        raise ValueError(f"tensor {k} is FP8 but {k}{SCALE_SUFFIX} is missing")
+    if len(t.shape) != 2 or scale.shape != scale_shape(t.shape, block):
+        raise ValueError(f"tensor {k}{SCALE_SUFFIX}: shape {list(scale.shape)} does not match weight "
+                         f"{list(t.shape)} in {block[0]}x{block[1]} blocks")
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype = "bf16",
+                       max_shard_size: int | str = "5GB") -> Path:
+    """`nanoseek convert`: rewrite a checkpoint with every floating tensor in `dtype` (FP8 weights dequantised
+    block-wise, their scales dropped, quantization_config removed; the routing bias stays fp32), one output shard
+    in memory at a time. Tensor names and every other file (tokenizer, remote code) are kept; the write is atomic."""
+    from .checkpoint import (CONFIG_NAME, _atomic_dir, _dtype_name, _Reader, _scan, _write_json, _write_tensors,
+                             read_config, resolve_dtype)
+    src = Path(src)
+    cfg = read_config(src)
+    block = check_quantization_config(cfg.extra.get("quantization_config"), str(src / CONFIG_NAME))
+    dtype = resolve_dtype(dtype)
+    if Path(dst).exists() and Path(dst).resolve() == src.resolve():
+        raise ValueError(f"convert: destination {dst} is the source directory")
+    info = _scan(src)
+    out_dtype: dict[str, torch.dtype | None] = {}  # None: not floating, written unchanged
+    for k, t in info.items():
+        weight = info.get(k.removesuffix(SCALE_SUFFIX))
+        if k.endswith(SCALE_SUFFIX) and weight is not None and weight.dtype.startswith("F8"):
+            continue  # consumed by its weight's dequantisation
+        check_fp8_tensor(k, info, block)
+        floating = t.dtype.startswith(("F", "BF"))
+        out_dtype[k] = torch.float32 if k.endswith("e_score_correction_bias") else dtype if floating else None
+    sizes = [(k, math.prod(info[k].shape) * (d.itemsize if d is not None else _ST_ITEMSIZE.get(info[k].dtype, 8)))
+             for k, d in out_dtype.items()]
+    config = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
+    config.pop("quantization_config", None)
+    config["torch_dtype"] = _dtype_name(dtype)
+    if "dtype" in config:
+        config["dtype"] = _dtype_name(dtype)
+
+    def fill(out: Path) -> None:
+        with _Reader(info) as reader:
+            def get(k: str) -> torch.Tensor:
+                t = reader.get(k)
+                if t.dtype == FP8_DTYPE:
+                    return dequantize_fp8_blockwise(t, reader.get(k + SCALE_SUFFIX), block, out_dtype[k], k)
+                return t if out_dtype[k] is None else t.to(out_dtype[k]).contiguous()
+            _write_tensors(out, sizes, get, max_shard_size)
+        _write_json(out / CONFIG_NAME, config)
+
+    return _atomic_dir(dst, fill, carry_from=src)
