@@ -319,6 +319,22 @@ def test_training_is_deterministic_and_accepts_texts(tmp_path):
     assert (tmp_path / "d" / "tokenizer.json").read_bytes() == first
 
 
+def test_save_pretrained(tmp_path, trained):
+    tok = Tokenizer.from_pretrained(trained)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}", encoding="utf-8")
+    tok.save_pretrained(model_dir)  # into an existing directory: the other files stay
+    tok.save_pretrained(tmp_path / "new" / "tok")  # a new directory, renamed into place
+    for d in (model_dir, tmp_path / "new" / "tok"):
+        again = Tokenizer.from_pretrained(d)
+        assert again.backend.to_str() == tok.backend.to_str() and again.config == tok.config
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["tok"]
+    with pytest.raises(ValueError, match="not a directory"):
+        tok.save_pretrained(model_dir / "config.json")
+
+
 def test_training_errors(tmp_path):
     (tmp_path / "ok.txt").write_text("hello world\n", encoding="utf-8")
     with pytest.raises(ValueError, match="at least 272"):

@@ -432,14 +432,33 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------------------------------- saving
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write `tokenizer.json` then `tokenizer_config.json`, each atomically."""
+        """Write `tokenizer_config.json` and `tokenizer.json`. A new directory is written under a temporary name
+        and renamed into place; in an existing one (a model directory) each file is replaced atomically, and
+        tokenizer.json last, so its presence means the pair is complete."""
         d = Path(path)
-        d.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(d / "tokenizer.json", self.backend.to_str(pretty=True))
         config = dict(self.config)
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
-        _atomic_write_text(d / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        files = {"tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                 "tokenizer.json": self.backend.to_str(pretty=True)}
+        if d.exists():
+            if not d.is_dir():
+                raise ValueError(f"{d} exists and is not a directory")
+            for name, text in files.items():
+                _atomic_write_text(d / name, text)
+            return
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = d.with_name(f".{d.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.mkdir()
+        try:
+            for name, text in files.items():
+                _atomic_write_text(tmp / name, text)
+            os.rename(tmp, d)
+        except BaseException:
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()
+            raise
 
     def __repr__(self) -> str:
         return (f"Tokenizer({self.name_or_path!r}, vocab_size={self.vocab_size}, bos={self.bos_token!r}, "
