@@ -240,6 +240,8 @@ def test_bad_inputs(tok, tmp_path, monkeypatch):
 
     with pytest.raises(DataError, match=r"x\.csv.*unsupported"):
         prep(tmp_path / "x.csv")
+    with pytest.raises(DataError, match="neither a built-in corpus"):
+        prepare("pydocs", tok, tmp_path / "out", progress=False)
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         prep(tmp_path / "missing.txt")
     bad = tmp_path / "bad.jsonl"

@@ -30,6 +30,10 @@ def _labels(window: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return labels
 
 
+def _stack(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.stack([r[0] for r in rows])), torch.from_numpy(np.stack([r[1] for r in rows]))
+
+
 class TokenDataset:
     """One split of a prepared directory. Shards are opened as read-only memory maps on first use."""
 
@@ -100,7 +104,7 @@ class TokenDataset:
         shard = np.searchsorted(bounds, picks, side="right")
         offset = picks - (bounds[shard] - starts[shard])
         rows = [self.window(int(s), int(o), seq_len) for s, o in zip(shard, offset)]
-        return torch.from_numpy(np.stack([r[0] for r in rows])), torch.from_numpy(np.stack([r[1] for r in rows]))
+        return _stack(rows)
 
     def sample_batches(self, batch_size: int, seq_len: int, seed: int = 0, start_step: int = 0, rank: int = 0,
                        world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -118,10 +122,10 @@ class TokenDataset:
             for start in range(0, int(n) - seq_len, seq_len):
                 rows.append(self.window(i, start, seq_len))
                 if len(rows) == batch_size:
-                    yield torch.from_numpy(np.stack([r[0] for r in rows])), torch.from_numpy(np.stack([r[1] for r in rows]))
+                    yield _stack(rows)
                     rows = []
         if rows:
-            yield torch.from_numpy(np.stack([r[0] for r in rows])), torch.from_numpy(np.stack([r[1] for r in rows]))
+            yield _stack(rows)
 
     # ---------------------------------------------------------------------------------------------------- SFT
     def document(self, index: int) -> Example:
@@ -153,8 +157,7 @@ class TokenDataset:
                     break
                 produced = True
                 if step >= start_step:
-                    yield (torch.from_numpy(np.stack([c[0] for c in chunk])),
-                           torch.from_numpy(np.stack([c[1] for c in chunk])))
+                    yield _stack(chunk)
                 step += 1
             if not produced:
                 raise DataError(f"{self.path}: the {self.split} split packs into fewer than {batch_size} rows of "
@@ -206,4 +209,4 @@ def pack_sft(examples: Iterable[Example | Sequence[Any] | dict[str, Any]], seq_l
     rows = list(iter_packed(examples, seq_len, pad_token_id))
     if not rows:
         return torch.empty(0, seq_len, dtype=torch.long), torch.empty(0, seq_len, dtype=torch.long)
-    return torch.from_numpy(np.stack([r[0] for r in rows])), torch.from_numpy(np.stack([r[1] for r in rows]))
+    return _stack(rows)

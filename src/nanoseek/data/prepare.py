@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .corpora import CORPORA, DataError, Document, check_input, corpus_documents, document_key, file_sha256, \
     iter_documents
-from .encode import Example, encode_document, encoder, tokenizer_info
+from .encode import encode_document, encoder, tokenizer_info
 
 FORMAT = "nanoseek-tokens/1"
 SPLITS = ("train", "validation")
@@ -99,9 +99,12 @@ def _source(inputs: str | Path | Sequence[str | Path]) -> tuple[Callable[[], Ite
     """A re-iterable document source and its description (with content hashes) for the manifest."""
     if isinstance(inputs, str) and inputs in CORPORA:
         h = hashlib.sha256()
-        for doc in corpus_documents(inputs):
+        n = 0
+        for n, doc in enumerate(corpus_documents(inputs), 1):
             h.update(hashlib.sha256(document_key(doc)).digest())
-        return lambda: corpus_documents(inputs), {"corpus": inputs, "sha256": h.hexdigest()}
+        return lambda: corpus_documents(inputs), {"corpus": inputs, "sha256": h.hexdigest(), "documents": n}
+    if isinstance(inputs, str) and not Path(inputs).suffix and not Path(inputs).exists():
+        raise DataError(f"{inputs!r} is neither a built-in corpus ({', '.join(CORPORA)}) nor a file")
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not paths:
         raise DataError("no inputs: give files (.txt, .jsonl, .parquet) or a corpus name "
@@ -122,19 +125,21 @@ def _file_entry(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _write_shard(out: Path, split: str, index: int, examples: list[Example], dtype: np.dtype) -> dict[str, Any]:
+Doc = tuple[np.ndarray, "np.ndarray | None"]  # token ids (dtype of the shards), loss mask (uint8) or None
+
+
+def _write_shard(out: Path, split: str, index: int, docs: list[Doc], dtype: np.dtype) -> dict[str, Any]:
     stem = f"{split}_{index:05d}"
-    tokens = np.concatenate([np.asarray(e.input_ids, dtype=dtype) for e in examples])
-    offsets = np.cumsum([0] + [len(e) for e in examples], dtype=np.uint64)
+    tokens = np.concatenate([ids for ids, _ in docs])
+    offsets = np.cumsum([0] + [len(ids) for ids, _ in docs], dtype=np.uint64)
     blobs = {f"{stem}.bin": tokens.astype(dtype.newbyteorder("<")).tobytes(),
              f"{stem}.idx.bin": offsets.astype("<u8").tobytes()}
-    if any(e.loss_mask is not None for e in examples):
-        mask = np.concatenate([np.asarray(e.loss_mask if e.loss_mask is not None else np.ones(len(e)), np.uint8)
-                               for e in examples])
-        blobs[f"{stem}.mask.bin"] = mask.tobytes()
+    if any(mask is not None for _, mask in docs):  # plain text among chats: every token is a target
+        masks = [mask if mask is not None else np.ones(len(ids), np.uint8) for ids, mask in docs]
+        blobs[f"{stem}.mask.bin"] = np.concatenate(masks).tobytes()
     for name, data in blobs.items():
         atomic_write(out / name, data)
-    return {"name": stem, "tokens": int(tokens.size), "documents": len(examples),
+    return {"name": stem, "tokens": int(tokens.size), "documents": len(docs),
             "files": {name: _file_entry(data) for name, data in blobs.items()}}
 
 
@@ -215,7 +220,7 @@ def prepare(inputs: str | Path | Sequence[str | Path], tokenizer: Any, out_dir: 
     splits = manifest["splits"]
     done = {s: sum(sh["documents"] for sh in splits[s]["shards"]) for s in SPLITS}  # documents already in shards
     seen = dict.fromkeys(SPLITS, 0)
-    buffers: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    buffers: dict[str, list[Doc]] = {s: [] for s in SPLITS}
     buffered = dict.fromkeys(SPLITS, 0)
     encode = encoder(tokenizer)
     limit = (1 << 16) if dtype == np.uint16 else (1 << 32)
@@ -227,7 +232,8 @@ def prepare(inputs: str | Path | Sequence[str | Path], tokenizer: Any, out_dir: 
         write_manifest(out, manifest)
         buffers[split], buffered[split] = [], 0
 
-    bar = tqdm(docs(), desc=f"tokenizing -> {out}", unit="doc", disable=not progress)
+    bar = tqdm(docs(), desc=f"tokenizing -> {out}", unit="doc", total=source.get("documents"),
+               disable=not progress)
     try:
         for n, doc in enumerate(bar):
             if isinstance(doc, str) and not doc.strip():
@@ -240,7 +246,9 @@ def prepare(inputs: str | Path | Sequence[str | Path], tokenizer: Any, out_dir: 
             if ex.input_ids and (max(ex.input_ids) >= limit or min(ex.input_ids) < 0):
                 raise DataError(f"the tokenizer produced id {max(ex.input_ids)} outside its vocabulary of "
                                 f"{tok['vocab_size']} (dtype {dtype.name})")
-            buffers[split].append(ex)
+            # numpy arrays: a Python list of ints costs ~4x more memory than uint16 ids
+            buffers[split].append((np.asarray(ex.input_ids, dtype),
+                                   None if ex.loss_mask is None else np.asarray(ex.loss_mask, np.uint8)))
             buffered[split] += len(ex)
             if buffered[split] >= shard_tokens:
                 flush(split)
