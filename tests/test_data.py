@@ -141,6 +141,10 @@ def test_dtype_by_vocabulary(tmp_path):
     ds = TokenDataset(tmp_path / "o")
     assert ds.document(0).input_ids == BigVocab().encode("hello world") + [0]
     assert (tmp_path / "o" / "train_00000.bin").stat().st_size == 4 * ds.num_tokens
+    small = BigVocab()
+    small.vocab_size = 1000  # ids beyond the tokenizer's own vocabulary are refused
+    with pytest.raises(DataError, match="outside its vocabulary of 1000"):
+        prepare([p], small, tmp_path / "o2", progress=False)
 
 
 def test_split_by_document_hash(tok, pydoc, tmp_path):

@@ -223,7 +223,6 @@ def prepare(inputs: str | Path | Sequence[str | Path], tokenizer: Any, out_dir: 
     buffers: dict[str, list[Doc]] = {s: [] for s in SPLITS}
     buffered = dict.fromkeys(SPLITS, 0)
     encode = encoder(tokenizer)
-    limit = (1 << 16) if dtype == np.uint16 else (1 << 32)
 
     def flush(split: str) -> None:
         shard = _write_shard(out, split, len(splits[split]["shards"]), buffers[split], dtype)
@@ -243,7 +242,7 @@ def prepare(inputs: str | Path | Sequence[str | Path], tokenizer: Any, out_dir: 
             if seen[split] <= done[split]:
                 continue  # already in a finished shard
             ex = encode_document(tokenizer, doc, encode)
-            if ex.input_ids and (max(ex.input_ids) >= limit or min(ex.input_ids) < 0):
+            if ex.input_ids and (max(ex.input_ids) >= tok["vocab_size"] or min(ex.input_ids) < 0):
                 raise DataError(f"the tokenizer produced id {max(ex.input_ids)} outside its vocabulary of "
                                 f"{tok['vocab_size']} (dtype {dtype.name})")
             # numpy arrays: a Python list of ints costs ~4x more memory than uint16 ids
@@ -253,7 +252,8 @@ def prepare(inputs: str | Path | Sequence[str | Path], tokenizer: Any, out_dir: 
             if buffered[split] >= shard_tokens:
                 flush(split)
             if n % 256 == 0:
-                bar.set_postfix(shards=sum(len(s["shards"]) for s in splits.values()))
+                bar.set_postfix(shards=sum(len(s["shards"]) for s in splits.values()),
+                                tokens=sum(s["tokens"] for s in splits.values()) + sum(buffered.values()))
         for split in SPLITS:
             if buffers[split]:
                 flush(split)
