@@ -13,24 +13,40 @@ from nanoseek.train.balance import LoadBalancer
 from nanoseek.train.config import build
 from nanoseek.train.distributed import DistEnv
 from nanoseek.train.optim import lr_at, param_groups
-from nanoseek.train.windows import TokenWindows, unigram_entropy
+from nanoseek.train.data import pretraining_data
 from nanoseek.info import count
 from nanoseek.model import Transformer
 
 
-def make_data(seq_len: int = 32, vocab: int = 128) -> Data:
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tokenizer and token shards of a small synthetic language (random "words" in random sentences)."""
+    from nanoseek.data import prepare
+    from nanoseek.tokenizer import train_tokenizer
+    root = tmp_path_factory.mktemp("prepared")
     rng = np.random.default_rng(0)
-    words = [rng.integers(2, vocab, size=rng.integers(2, 5)) for _ in range(30)]
-    stream = np.concatenate([words[i] for i in rng.integers(0, 30, size=6000)]).astype(np.uint16)
-    tr, va = stream[:15000], stream[15000:]
-    return Data(TokenWindows([tr], seq_len), TokenWindows([va], seq_len), vocab, unigram_entropy([tr], vocab))
+    vocab = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(2, 6))) for _ in range(40)]
+    docs = [" ".join(rng.choice(vocab, size=rng.integers(20, 60))) + "." for _ in range(400)]
+    train_tokenizer(iter(docs), 400, root / "tok")
+    (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare([root / "docs.jsonl"], str(root / "tok"), root / "data", val_fraction=0.1, progress=False)
+    return root
 
 
 def cfg_for(tmp_path, *extra: str, **kw):
     args = ["--max_steps", "8", "--seq_len", "32", "--batch_size", "4", "--eval_every", "4", "--ckpt_every", "3",
-            "--warmup_steps", "2", "--run_dir", str(tmp_path), "--progress", "false", "--model.vocab_size", "128",
+            "--warmup_steps", "2", "--run_dir", str(tmp_path), "--progress", "false", "--model.vocab_size", "400",
             "--lr", "3e-3", *extra]
     return build(None, args, **kw)
+
+
+def data_for(cfg, prepared) -> Data:
+    cfg.data, cfg.tokenizer = str(prepared / "data"), str(prepared / "tok")
+    return pretraining_data(cfg, DistEnv(), cfg.global_batch())
+
+
+def make(cfg, prepared) -> Trainer:
+    return Trainer(cfg, data_for(cfg, prepared), DistEnv())
 
 
 def metrics(tmp_path):
@@ -38,21 +54,19 @@ def metrics(tmp_path):
         return [json.loads(line) for line in f]
 
 
-def test_training_learns(tmp_path):
-    data = make_data()
-    out = Trainer(cfg_for(tmp_path, "--max_steps", "40", "--eval_every", "40", "--lr", "1e-2"), data, DistEnv()).fit()
+def test_training_learns(tmp_path, prepared):
+    out = make(cfg_for(tmp_path, "--max_steps", "40", "--eval_every", "40", "--lr", "1e-2"), prepared).fit()
     rows = metrics(tmp_path)
     assert rows[-1]["step"] == 40 and "mtp1" in rows[0] and "aux" in rows[0]
     assert out["val_loss"] < rows[0]["ce"] - 0.5  # far below where it started
     assert math.isfinite(out["val_loss"]) and out["unigram_entropy"] > 0
 
 
-def test_resume_is_exact(tmp_path):
-    data = make_data()
-    full = Trainer(cfg_for(tmp_path / "a"), data, DistEnv()).fit()
-    t = Trainer(cfg_for(tmp_path / "b"), data, DistEnv())
+def test_resume_is_exact(tmp_path, prepared):
+    full = make(cfg_for(tmp_path / "a"), prepared).fit()
+    t = make(cfg_for(tmp_path / "b"), prepared)
     t.fit(stop_after=5)  # "killed" after step 5: the last checkpoint is step 3
-    resumed = Trainer(cfg_for(tmp_path / "b", resume=True), data, DistEnv())
+    resumed = make(cfg_for(tmp_path / "b", resume=True), prepared)
     resumed.fit()
     a = {r["step"]: r["loss"] for r in metrics(tmp_path / "a")}
     b = {r["step"]: r["loss"] for r in metrics(tmp_path / "b")}  # steps 4, 5 appear twice: the rerun overwrites
@@ -64,28 +78,27 @@ def test_resume_is_exact(tmp_path):
     assert ckpts == ["step_0000006.pt", "step_0000008.pt"]  # keep_checkpoints = 2, no temp files
 
 
-def test_gradient_accumulation_matches_big_batch(tmp_path):
-    data = make_data()
-    Trainer(cfg_for(tmp_path / "a", "--max_steps", "3", "--batch_size", "8"), data, DistEnv()).fit()
-    Trainer(cfg_for(tmp_path / "b", "--max_steps", "3", "--batch_size", "2", "--global_batch_size", "8"),
-            data, DistEnv()).fit()
+def test_gradient_accumulation_matches_big_batch(tmp_path, prepared):
+    make(cfg_for(tmp_path / "a", "--max_steps", "3", "--batch_size", "8"), prepared).fit()
+    make(cfg_for(tmp_path / "b", "--max_steps", "3", "--batch_size", "2", "--global_batch_size", "8"), prepared).fit()
     for ra, rb in zip(metrics(tmp_path / "a"), metrics(tmp_path / "b")):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=2e-4)
 
 
-def test_nan_loss_stops_cleanly(tmp_path):
-    t = Trainer(cfg_for(tmp_path), make_data(), DistEnv())
+def test_nan_loss_stops_cleanly(tmp_path, prepared):
+    t = make(cfg_for(tmp_path), prepared)
     t.fit(stop_after=3)
     with torch.no_grad():
         t.model.embed.weight[5] = float("nan")
-    t.data.train.arrays = [np.full(2000, 5, dtype=np.uint16)]
+    ones = torch.full((4, 32), 5, dtype=torch.long)
+    t.data.train_batches = lambda start: iter(lambda: (ones, ones), None)  # every token is the poisoned one
     with pytest.raises(TrainingError, match="non-finite"):
         t.fit()
     assert [s for s, _ in __import__("nanoseek.train.state", fromlist=["x"]).checkpoints(t.ckpt_dir)] == [3]
 
 
-def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    t = Trainer(cfg_for(tmp_path), make_data(), DistEnv())
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, prepared):
+    t = make(cfg_for(tmp_path), prepared)
     t.fit(stop_after=3)
     import nanoseek.train.state as st
 
@@ -158,17 +171,17 @@ def test_dense_baseline_same_active_params():
     assert b["active_params"] == a["active_params"] - gate_and_bias + dense_extra
 
 
-def test_config_errors(tmp_path):
+def test_config_errors(tmp_path, prepared):
     with pytest.raises(ValueError, match="unknown key 'learning_rate'"):
         build(None, ["--learning_rate", "1"])
     with pytest.raises(ValueError, match="max_steps: expected int"):
         build(None, ["--max_steps", "ten"])
     with pytest.raises(ValueError, match="model.hidden_sise"):
-        Trainer(cfg_for(tmp_path, "--model.hidden_sise", "64"), make_data(), DistEnv())
-    with pytest.raises(ValueError, match="tokenizer has 128 tokens but the model's vocab_size is 64"):
-        Trainer(cfg_for(tmp_path, "--model.vocab_size", "64"), make_data(), DistEnv())
-    with pytest.raises(ValueError, match="too little data"):
-        TokenWindows([np.zeros(10, dtype=np.uint16)], 32)
+        make(cfg_for(tmp_path, "--model.hidden_sise", "64"), prepared)
+    with pytest.raises(ValueError, match="tokenizer has 400 tokens but the model's vocab_size is 64"):
+        make(cfg_for(tmp_path, "--model.vocab_size", "64"), prepared)
+    with pytest.raises(ValueError, match="seq_len"):
+        make(cfg_for(tmp_path, "--seq_len", "100000"), prepared)
     cfg = build({"max_steps": 5, "model": {"name": "tiny", "n_routed_experts": 4, "topk_group": 1, "n_group": 1}},
                 ["--lr", "0.01"])
     assert cfg.max_steps == 5 and cfg.lr == 0.01 and cfg.model_overrides["n_routed_experts"] == 4

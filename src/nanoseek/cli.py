@@ -143,6 +143,22 @@ def _demo(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- train
+@command("train", "pretrain a model (defaults: the tiny preset on the built-in data, about 10 minutes on 2 CPU cores)")
+def _train(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--config", help="TOML or JSON file of training settings")
+    p.set_defaults(_overrides_help="--key value for any setting of nanoseek.train.TrainConfig; "
+                                   "--model.<field> value for a model config field")
+
+    def run(a: argparse.Namespace) -> int:
+        from .train.config import build, load_file
+        from .train.pretrain import run as train_run
+        cfg = build(load_file(a.config) if a.config else None, a._extra)
+        train_run(cfg)
+        return 0
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,12 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "_overrides_help"):  # only commands that take --key value overrides
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args._extra = extra
     try:
         return args._run(args) or 0
-    except (CLIError, ValueError, FileNotFoundError) as e:
+    except (CLIError, ValueError, FileNotFoundError, OSError) as e:
         print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .train.trainer import TrainingError
+        if not isinstance(e, TrainingError):
+            raise
+        print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

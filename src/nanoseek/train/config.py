@@ -79,6 +79,14 @@ class TrainConfig:
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "must be >= 1")
 
+    def global_batch(self, world_size: int = 1) -> int:
+        """Sequences per optimizer step; gradient accumulation makes up what the processes' micro-batches don't."""
+        per_step = self.global_batch_size or self.batch_size * world_size
+        if per_step % (self.batch_size * world_size):
+            raise ValueError(f"train config: global_batch_size {per_step} must be a multiple of batch_size × "
+                             f"processes = {self.batch_size * world_size}")
+        return per_step
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

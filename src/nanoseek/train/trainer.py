@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,19 +24,24 @@ from .config import TrainConfig
 from .loss import TrainingObjective
 from .optim import build_optimizer, lr_at
 from .perf import matmul_peak_flops
-from .windows import TokenWindows
 
 
 class TrainingError(RuntimeError):
     """A run that cannot continue (NaN loss...): reported in one line, the last good checkpoint kept."""
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class Data:
-    train: TokenWindows
-    val: TokenWindows
-    vocab_size: int  # tokens the tokenizer can produce
-    unigram_entropy: float  # nats/token of the training data
+    """Where batches come from. train_batches(start_step) yields each optimizer step's *global* batch (every rank
+    draws the same one and keeps its slice, so any number of processes sees the same data, and a resumed run sees
+    what the uninterrupted run would have); val_batches() yields a fixed validation set."""
+    train_batches: Callable[[int], Iterator[Batch]]
+    val_batches: Callable[[], Iterator[Batch]]
+    vocab_size: int  # ids the tokenizer can produce
+    unigram_entropy: float  # nats/token of the training data: the loss of the best context-free model
     tokenizer_dir: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -93,12 +98,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                          env.device.type)
         self.amp = autocast_dtype(cfg, env.device)
-        per_step = cfg.global_batch_size or cfg.batch_size * env.world_size
-        if per_step % (cfg.batch_size * env.world_size):
-            raise ValueError(f"global_batch_size {per_step} must be a multiple of batch_size × processes "
-                             f"= {cfg.batch_size * env.world_size}")
-        self.global_batch = per_step
-        self.accum = per_step // (cfg.batch_size * env.world_size)
+        self.global_batch = cfg.global_batch(env.world_size)
+        self.accum = self.global_batch // (cfg.batch_size * env.world_size)
         self.step = 0
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
@@ -141,7 +142,8 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.env.device.type, dtype=self.amp)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step on this step's global batch (input_ids, labels), each (global_batch, seq)."""
         cfg, env = self.cfg, self.env
         lr = lr_at(self.step, cfg.max_steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_frac)
         for g in self.optimizer.param_groups:
@@ -149,9 +151,8 @@ class Trainer:
         per_rank = self.global_batch // env.world_size
         totals: dict[str, float] = {}
         for micro in range(self.accum):
-            start = env.rank * per_rank + micro * cfg.batch_size
-            x, y = self.data.train.step_batch(cfg.seed, self.step, self.global_batch, start, cfg.batch_size)
-            x, y = x.to(env.device), y.to(env.device)
+            first = env.rank * per_rank + micro * cfg.batch_size
+            x, y = (t[first:first + cfg.batch_size].to(env.device) for t in batch)
             self.balancer.begin_forward(x.shape[0])
             sync = contextlib.nullcontext()
             if micro < self.accum - 1 and isinstance(self.wrapped, nn.parallel.DistributedDataParallel):
@@ -186,11 +187,12 @@ class Trainer:
     def evaluate(self) -> float:
         self.objective.eval()
         total, n = 0.0, 0
-        for x, y in self.data.val.eval_batches(self.cfg.eval_batches, self.cfg.batch_size):
+        for x, y in self.data.val_batches():
             with self._autocast():
                 loss, parts = self.wrapped(x.to(self.env.device), y.to(self.env.device))
-            total += float(parts["ce"]) * x.shape[0]
-            n += x.shape[0]
+            targets = int((y != -100).sum())
+            total += float(parts["ce"]) * targets
+            n += targets
         self.objective.train()
         return total / max(n, 1)
 
@@ -217,8 +219,9 @@ class Trainer:
         val_loss = None
         done = 0
         t_last, steps_since = time.perf_counter(), 0
+        batches = self.data.train_batches(self.step)
         while self.step < cfg.max_steps and (stop_after is None or done < stop_after):
-            m = self.train_step()
+            m = self.train_step(next(batches))
             done += 1
             steps_since += 1
             row: dict[str, Any] = {"step": self.step, **m}

@@ -1,0 +1,51 @@
+"""`nanoseek train`: pretraining from scratch, from a config file and overrides, on one process or under torchrun."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import torch
+
+from . import distributed
+from .config import TrainConfig
+from .data import copy_tokenizer, pretraining_data
+from .trainer import Trainer
+
+
+def export(trainer: Trainer, tokenizer_dir: str | None, out_dir: str) -> str:
+    """The final model in the Hugging Face layout (loads in transformers and vLLM), with its tokenizer."""
+    from ..checkpoint import save_pretrained
+    save_pretrained(trainer.model, out_dir)
+    copy_tokenizer(tokenizer_dir, out_dir)
+    return out_dir
+
+
+def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    env = distributed.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        if env.is_main:
+            os.makedirs(cfg.run_dir, exist_ok=True)
+            with open(os.path.join(cfg.run_dir, "train_config.json"), "w", encoding="utf-8") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+        data = pretraining_data(cfg, env, cfg.global_batch(env.world_size))
+        trainer = Trainer(cfg, data, env, log=log if env.is_main else (lambda s: None))
+        if env.is_main:
+            n = sum(p.numel() for p in trainer.model.parameters())
+            log(f"model {cfg.model}{' (dense baseline)' if cfg.dense else ''}: {n:,} parameters; "
+                f"data {data.info.get('data_dir')}: {data.info.get('train_tokens', 0):,} train tokens; "
+                f"{env.world_size} process(es) on {env.device}, global batch {trainer.global_batch} x {cfg.seq_len}")
+        summary = trainer.fit()
+        if cfg.export and env.is_main:
+            summary["model_dir"] = export(trainer, data.tokenizer_dir, os.path.join(cfg.run_dir, "model"))
+        distributed.barrier(env)
+        if env.is_main:
+            log(f"validation loss {summary['val_loss']:.4f} nats/token vs unigram entropy of the data "
+                f"{summary['unigram_entropy']:.4f}")
+            if "model_dir" in summary:
+                log(f"model exported to {summary['model_dir']}")
+        return summary
+    finally:
+        distributed.teardown(env)
