@@ -1,0 +1,619 @@
+"""LLMEngine: the incremental core (add_request, step, abort_request), safe to drive from a background thread.
+
+One `step()` = schedule (scheduler.py) -> one forward of the main model over every scheduled token (runner.py)
+-> logits only where a token is produced -> sample or verify drafts (sampling.py, spec.py) -> append tokens with
+stop checks and detokenization (detok.py) -> for n > 1, fork the finished prompt into n samples sharing its blocks
+-> with speculative decoding, one MTP pass that fills the MTP cache and drafts the next step's tokens.
+`add_request` / `abort_request` may be called from other threads: they only touch a locked inbox that `step`
+drains first. Everything else runs on the thread that calls `step`.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .detok import Detokenizer
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from .paged_cache import PagedLatentCache, bytes_per_token, parse_bytes
+from .runner import ModelRunner, Segment, build_meta
+from .sampling import (SamplingParams, apply_penalties, child_seed, filtered_logprobs, sample_from_logprobs,
+                       top_logprobs)
+from .scheduler import Scheduled, Scheduler, Sequence
+from .spec import verify_greedy, verify_sampled
+
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+def parse_speculative(speculative: Any) -> int:
+    """None/False/0: off; True or "mtp": 1 draft token; an int k; or vLLM's {"method": "mtp",
+    "num_speculative_tokens": k}. Returns k."""
+    if speculative is None or speculative is False:
+        return 0
+    if speculative is True:
+        return 1
+    if isinstance(speculative, str):
+        if speculative.lower() in ("mtp", "deepseek_mtp"):
+            return 1
+        raise ValueError(f"speculative: unknown method {speculative!r} (only 'mtp')")
+    if isinstance(speculative, int):
+        if speculative < 0:
+            raise ValueError(f"speculative: number of draft tokens must be >= 0 (got {speculative})")
+        return speculative
+    if isinstance(speculative, dict):
+        method = speculative.get("method", "mtp")
+        if method not in ("mtp", "deepseek_mtp"):
+            raise ValueError(f"speculative.method: only 'mtp' is supported (got {method!r})")
+        return parse_speculative(int(speculative.get("num_speculative_tokens", 1)))
+    raise ValueError(f"speculative: expected None, bool, int, 'mtp' or a dict (got {speculative!r})")
+
+
+@dataclass
+class _Output:
+    """Per-sample output state."""
+    detok: Detokenizer
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] | None = None
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    sent_tokens: int = 0
+    thinking: bool = False
+    thinking_tokens: int = 0
+    reported_finish: bool = False
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_index: int
+    metrics: RequestMetrics
+    outputs: list[_Output]
+    seqs: list[Sequence] = field(default_factory=list)
+    dirty: bool = False  # has something to report after this step
+
+    @property
+    def finished(self) -> bool:
+        return all(o.finish_reason is not None for o in self.outputs)
+
+
+class LLMEngine:
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, max_num_seqs: int = 64,
+                 max_num_batched_tokens: int = 2048, cache_budget: int | str | None = None, block_size: int = 16,
+                 max_model_len: int | None = None, speculative: Any = None,
+                 prefill_attention: str = "decompressed", kv_cache_dtype: torch.dtype | None = None, seed: int = 0):
+        cfg = model.config
+        self.model = model.eval()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        for name, v in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be a positive integer (got {v!r})")
+        k = parse_speculative(speculative)
+        if k and len(getattr(model, "mtp", ())) == 0:
+            warnings.warn("speculative decoding needs the model's MTP module and this model has none: switched off",
+                          stacklevel=3)
+            k = 0
+        self.num_spec = k
+        n_layers = cfg.num_hidden_layers + (1 if k else 0)  # MTP module 0 has its own cached layer
+        kv_dtype = kv_cache_dtype or self.dtype
+        lookahead = k  # provisional MTP rows beyond the fed tokens
+        want_len = min(cfg.max_position_embeddings, max_model_len or cfg.max_position_embeddings)
+        if cache_budget is None:
+            need = max_num_seqs * min(want_len, 4096) * bytes_per_token(cfg, n_layers, kv_dtype)
+            budget = min(need, DEFAULT_CACHE_BYTES)
+        else:
+            budget = parse_bytes(cache_budget)
+        self.cache = PagedLatentCache.from_budget(cfg, budget, block_size, n_layers, kv_dtype, self.device)
+        capacity = self.cache.capacity_tokens - lookahead - 1
+        if max_model_len is not None:
+            if max_model_len > cfg.max_position_embeddings:
+                raise ValueError(f"max_model_len: {max_model_len} exceeds the model's max_position_embeddings "
+                                 f"{cfg.max_position_embeddings}")
+            if max_model_len > capacity:
+                raise ValueError(f"max_model_len: {max_model_len} tokens do not fit in the KV cache "
+                                 f"({self.cache.capacity_tokens} tokens in {self.cache.num_blocks} blocks of "
+                                 f"{block_size}); raise cache_budget")
+        self.max_model_len = min(want_len, capacity)
+        if self.max_model_len < 2:
+            raise ValueError(f"cache_budget: {budget} bytes hold {self.cache.capacity_tokens} tokens, too few")
+        self.scheduler = Scheduler(self.cache, max_num_seqs, max_num_batched_tokens, lookahead)
+        self.runner = ModelRunner(model, self.cache, prefill_attention)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.vocab_limit = cfg.vocab_size
+        self.eos_ids: set[int] = set()
+        eos = cfg.eos_token_id
+        self.eos_ids.update(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+        self.think_ids: tuple[int | None, int | None] = (None, None)
+        if tokenizer is not None:
+            n = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+            if n is not None and n < cfg.vocab_size:
+                self.vocab_limit = n  # padded embedding rows are never sampled
+            if getattr(tokenizer, "eos_token_id", None) is not None:
+                self.eos_ids.add(tokenizer.eos_token_id)
+            if hasattr(tokenizer, "token_to_id"):
+                self.think_ids = (tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>"))
+        self.requests: dict[str, Request] = {}
+        self._lock = threading.Lock()
+        self._inbox: list[Request] = []
+        self._aborts: list[str] = []
+        self._ids = itertools.count()
+        self.stats = {"steps": 0, "tokens_scheduled": 0, "spec_draft_tokens": 0, "spec_accepted_tokens": 0}
+
+    # ------------------------------------------------------------------ public, thread-safe
+    def encode_prompt(self, prompt: Any) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), self._check_ids(prompt["prompt_token_ids"])
+            prompt = prompt.get("prompt")
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt: a text prompt needs a tokenizer; pass token ids, or LLM(..., tokenizer=...)")
+            return prompt, self._check_ids(self.tokenizer.encode(prompt))
+        if isinstance(prompt, torch.Tensor):
+            prompt = prompt.tolist()
+        if isinstance(prompt, (list, tuple)):
+            return None, self._check_ids(list(prompt))
+        raise ValueError(f"prompt: expected a string, a list of token ids or a dict (got {type(prompt).__name__})")
+
+    def _check_ids(self, ids: list[Any]) -> list[int]:
+        if not ids:
+            raise ValueError("prompt: empty (needs at least one token)")
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ValueError("prompt: token ids must be integers")
+        bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"prompt: token id {bad[0]} outside the model's vocabulary [0, {self.cfg.vocab_size})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"This model's maximum context length is {self.max_model_len} tokens. However, the "
+                             f"prompt has {len(ids)} tokens (at least one more is needed for the completion).")
+        return [int(i) for i in ids]
+
+    def add_request(self, prompt: Any, params: SamplingParams | None = None, request_id: str | None = None,
+                    arrival_time: float | None = None) -> str:
+        """Queue a prompt (text, token ids, or {"prompt_token_ids": ...}); returns its request id. Errors in the
+        request raise ValueError here, in the caller's thread."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params: expected SamplingParams (got {type(params).__name__})")
+        text, ids = self.encode_prompt(prompt)
+        if params.stop_list and self.tokenizer is None:
+            raise ValueError("SamplingParams.stop: stop strings need a tokenizer (use stop_token_ids with token ids)")
+        if params.max_thinking_tokens is not None and self.think_ids[1] is None:
+            raise ValueError("SamplingParams.max_thinking_tokens: the tokenizer has no `</think>` token")
+        if params.n > self.scheduler.max_num_seqs:
+            raise ValueError(f"SamplingParams.n: {params.n} exceeds max_num_seqs={self.scheduler.max_num_seqs}")
+        if params.logprobs is not None and params.logprobs > self.cfg.vocab_size:
+            raise ValueError(f"SamplingParams.logprobs: {params.logprobs} exceeds the vocabulary")
+        with self._lock:
+            rid = request_id if request_id is not None else str(next(self._ids))
+            if rid in self.requests or any(r.request_id == rid for r in self._inbox):
+                raise ValueError(f"request_id: {rid!r} is already in use")
+            req = self._new_request(rid, text, ids, params, arrival_time)
+            self._inbox.append(req)
+        return rid
+
+    def abort_request(self, request_id: str | list[str]) -> None:
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        with self._lock:
+            self._aborts.extend(ids)
+
+    def has_unfinished_requests(self) -> bool:
+        with self._lock:
+            return bool(self._inbox or self.requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        with self._lock:
+            return len(self._inbox) + len(self.requests)
+
+    # ------------------------------------------------------------------ requests and sequences
+    def _new_request(self, rid: str, text: str | None, ids: list[int], params: SamplingParams,
+                     arrival_time: float | None) -> Request:
+        think_start, think_end = self.think_ids
+        thinking = False
+        if think_start is not None and think_start in ids:  # the prompt pre-fills `<think>` (R1 template)
+            last_start = len(ids) - 1 - ids[::-1].index(think_start)
+            thinking = think_end not in ids[last_start:]
+        outs = []
+        for _ in range(params.n):
+            o = _Output(Detokenizer(self.tokenizer, params.skip_special_tokens, params.stop_list,
+                                    params.include_stop_str_in_output),
+                        logprobs=[] if params.logprobs is not None else None, thinking=thinking)
+            outs.append(o)
+        metrics = RequestMetrics(arrival_time=arrival_time if arrival_time is not None else time.time())
+        req = Request(rid, text, ids, params, next(self._ids), metrics, outs)
+        leader = self._new_seq(req, 0, list(ids))
+        leader.pending_fork = params.n > 1
+        req.seqs.append(leader)
+        return req
+
+    def _new_seq(self, req: Request, index: int, tokens: list[int]) -> Sequence:
+        gen = None
+        if req.params.seed is not None:
+            gen = torch.Generator(self.device).manual_seed(child_seed(req.params.seed, index))
+        seq = Sequence(self.scheduler.new_seq_id(), req, index, tokens, len(req.prompt_token_ids), gen)
+        seq.state = req.outputs[index]
+        return seq
+
+    def _drain_inbox(self) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+            for req in inbox:
+                self.requests[req.request_id] = req
+                self.scheduler.add(req.seqs[0])
+            for rid in aborts:
+                req = self.requests.get(rid)
+                if req is None:
+                    continue
+                for seq in req.seqs:
+                    if not seq.finished:
+                        seq.finished = True
+                        self.scheduler.remove(seq)
+                for o in req.outputs:
+                    if o.finish_reason is None:
+                        o.finish_reason = "abort"
+                req.dirty = True
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling step; returns the outputs of requests that made progress (per their output_kind)."""
+        self._drain_inbox()
+        sched = self.scheduler.schedule()
+        for seq in sched.preempted:
+            seq.request.metrics.num_preemptions += 1
+        if sched.entries:
+            self._execute(sched.entries)
+        return self._collect()
+
+    def _execute(self, entries: list[Scheduled]) -> None:
+        now = time.time()
+        self.stats["steps"] += 1
+        ids, pos, segs, row = [], [], [], 0
+        for e in entries:
+            s = e.seq
+            if s.request.metrics.first_scheduled_time is None:
+                s.request.metrics.first_scheduled_time = now
+            ids += s.tokens[s.num_computed:s.num_computed + e.num_real] + e.drafts
+            pos += range(s.num_computed, s.num_computed + e.num_tokens)
+            segs.append(Segment(row, e.num_tokens, s.num_computed, s.blocks, decode=e.completes and e.num_real == 1))
+            row += e.num_tokens
+        self.stats["tokens_scheduled"] += row
+        dev = self.device
+        meta = build_meta(segs, self.cache.block_size, dev)
+        hidden = self.runner.forward(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta)
+        # logits only where tokens are produced: the last real token and every draft of a completing chunk
+        done = [(e, seg) for e, seg in zip(entries, segs) if e.completes]
+        rows = [r for e, seg in done for r in range(seg.row + e.num_real - 1, seg.row + seg.n)]
+        old = {id(e.seq): e.seq.num_computed for e in entries}
+        old_hidden = {id(e.seq): e.seq.last_hidden for e in entries}
+        results = self._sample(done, self.runner.logits(hidden[rows])) if done else []
+        children: list[Sequence] = []
+        for e, seq, toks, accepted, lps in results:
+            if seq is e.seq:
+                self._advance(e, toks, accepted, lps)
+            else:  # a new sample of an n > 1 request, forked below
+                children.append(seq)
+                self._emit(seq, toks, lps)
+                seq.num_computed = len(seq.tokens) - 1
+        for e in entries:
+            if not e.completes:
+                e.seq.num_computed += e.num_real
+        if self.num_spec:
+            self._mtp_pass(entries, segs, hidden, old, old_hidden)
+        for e in entries:
+            if e.seq.pending_fork and e.completes:
+                self._fork(e.seq, [c for c in children if c.request is e.seq.request])
+        for e in entries:
+            if e.seq.finished:
+                self.scheduler.remove(e.seq)
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, done: list[tuple[Scheduled, Segment]], logits: torch.Tensor
+                ) -> list[tuple[Scheduled, Sequence, list[int], int, list[Any]]]:
+        """Returns per produced sample: (entry, sequence, tokens emitted, drafts accepted, logprob entries)."""
+        # one row group per sequence; an n > 1 leader finishing its prompt also samples for its n − 1 children
+        groups: list[tuple[Sequence, int, int, list[int], Scheduled]] = []  # (seq, 1st logits row, rows, drafts)
+        r = 0
+        for e, seg in done:
+            n = 1 + len(e.drafts)
+            groups.append((e.seq, r, n, e.drafts, e))
+            if e.seq.pending_fork:
+                req = e.seq.request
+                for i in range(1, req.params.n):
+                    groups.append((self._new_seq(req, i, list(e.seq.tokens)), r, 1, [], e))
+            r += n
+        row_of = [g[1] + j for g in groups for j in range(g[2])]
+        x = logits[row_of].clone()
+        if self.vocab_limit < x.shape[-1]:
+            x[:, self.vocab_limit:] = float("-inf")
+        i = 0
+        for seq, _, n, _, _ in groups:  # penalties and min_tokens (stop tokens banned until then)
+            p = seq.request.params
+            if p.has_penalties:
+                out = torch.tensor(seq.tokens[seq.num_prompt:], dtype=torch.long, device=x.device)
+                counts = torch.bincount(out, minlength=x.shape[-1])[:x.shape[-1]]
+                x[i:i + n] = apply_penalties(x[i:i + n], counts, p.presence_penalty, p.frequency_penalty)
+            if p.min_tokens:
+                ban = [t for t in self._stop_ids(p) if t < x.shape[-1]]
+                for j in range(n):
+                    if seq.num_output + j < p.min_tokens and ban:
+                        x[i + j, ban] = float("-inf")
+            i += n
+        params = [g[0].request.params for g in groups for _ in range(g[2])]
+        greedy = torch.tensor([p.greedy for p in params])
+        tokens = x.argmax(dim=-1)
+        logp = None
+        if not bool(greedy.all()):
+            sel = (~greedy).nonzero()[:, 0].tolist()
+            gens = [g[0].generator for g in groups for _ in range(g[2])]
+            logp = torch.full_like(x, float("-inf"))
+            logp[sel] = self._filter(x[sel], [params[j] for j in sel])
+            tokens[sel] = sample_from_logprobs(logp[sel], [gens[j] for j in sel], self.generator)
+        tok_list = tokens.tolist()
+        results = []
+        i = 0
+        for seq, start, n, drafts, e in groups:
+            if not drafts:
+                accepted, nxt = 0, tok_list[i]
+            elif seq.request.params.greedy:
+                accepted, nxt = verify_greedy(drafts, tok_list[i:i + n])
+            else:
+                accepted, nxt = verify_sampled(drafts, seq.draft_logp, logp[i:i + n], tok_list[i + n - 1],
+                                               seq.generator, self.generator)
+            emitted = drafts[:accepted] + [nxt]
+            lps: list[Any] = []
+            k = seq.request.params.logprobs
+            if k is not None:
+                em = torch.tensor(emitted, device=logits.device)
+                chosen, rank, vals, top = top_logprobs(logits[[start + j for j in range(len(emitted))]], em, k)
+                lps = list(zip(chosen.tolist(), rank.tolist(), vals.tolist(), top.tolist()))
+            results.append((e, seq, emitted, accepted, lps))
+            i += n
+        return results
+
+    def _filter(self, x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        dev = x.device
+        return filtered_logprobs(
+            x, torch.tensor([p.temperature for p in params], device=dev),
+            torch.tensor([p.top_k for p in params], device=dev), torch.tensor([p.top_p for p in params], device=dev),
+            torch.tensor([p.min_p for p in params], device=dev))
+
+    def _stop_ids(self, p: SamplingParams) -> set[int]:
+        return set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_ids)
+
+    # ------------------------------------------------------------------ appending tokens
+    def _advance(self, e: Scheduled, toks: list[int], accepted: int, lps: list[Any]) -> None:
+        seq = e.seq
+        m = seq.request.metrics
+        m.spec_num_draft_tokens += len(e.drafts)
+        m.spec_num_accepted_tokens += accepted
+        self.stats["spec_draft_tokens"] += len(e.drafts)
+        self.stats["spec_accepted_tokens"] += accepted
+        seq.num_computed += e.num_real + accepted
+        self._emit(seq, toks, lps)
+        seq.num_computed = min(seq.num_computed, len(seq.tokens) - 1)  # a forced token is not computed yet
+
+    def _emit(self, seq: Sequence, toks: list[int], lps: list[Any]) -> None:
+        """Append tokens one by one with the stop checks; stops at the first that ends the sequence."""
+        req, p, o = seq.request, seq.request.params, seq.state
+        m = req.metrics
+        m.num_steps += 1
+        if m.first_token_time is None:
+            m.first_token_time = time.time()
+        stop_ids = self._stop_ids(p)
+        think_start, think_end = self.think_ids
+        for j, sampled in enumerate(toks):
+            t = sampled
+            forced = (p.max_thinking_tokens is not None and o.thinking
+                      and o.thinking_tokens >= p.max_thinking_tokens and t != think_end)
+            if forced:
+                t = think_end  # reasoning budget spent: close the thought, the answer follows
+            if t == think_end:
+                o.thinking = False
+            elif t == think_start:
+                o.thinking = True
+            elif o.thinking:
+                o.thinking_tokens += 1
+            seq.tokens.append(t)
+            o.token_ids.append(t)
+            m.num_generated_tokens += 1
+            req.dirty = True
+            if o.logprobs is not None and j < len(lps):
+                self._add_logprob(o, t, lps[j], not forced)
+            n_out = len(o.token_ids)
+            if t in stop_ids and n_out >= p.min_tokens:
+                self._finish(seq, "stop", t if t in p.stop_token_ids else None)
+                if p.include_stop_str_in_output:
+                    o.detok.add(t)
+                return
+            stop = o.detok.add(t, check_stop=n_out >= p.min_tokens)
+            if stop is not None:
+                self._finish(seq, "stop", stop)
+                return
+            if p.max_tokens is not None and n_out >= p.max_tokens or len(seq.tokens) >= self.max_model_len:
+                self._finish(seq, "length", None)
+                return
+            if forced:
+                return  # the tokens sampled after the forced one no longer follow
+
+    def _add_logprob(self, o: _Output, t: int, lp: tuple, same: bool) -> None:
+        chosen, rank, vals, top = lp
+        tok = self.tokenizer
+        dec = (lambda i: tok.decode([i], skip_special_tokens=False)) if tok is not None else (lambda i: None)
+        entry = {i: Logprob(v, r + 1, dec(i)) for r, (v, i) in enumerate(zip(vals, top))}
+        if t not in entry:
+            entry[t] = Logprob(chosen if same else float("nan"), rank if same else -1, dec(t))
+        o.logprobs.append(entry)
+        o.cumulative_logprob += entry[t].logprob
+
+    def _finish(self, seq: Sequence, reason: str, stop_reason: int | str | None) -> None:
+        seq.finished = True
+        seq.state.finish_reason = reason
+        seq.state.stop_reason = stop_reason
+        seq.drafts, seq.draft_logp = [], None
+        req = seq.request
+        if req.finished:
+            req.metrics.finished_time = time.time()
+
+    # ------------------------------------------------------------------ n > 1: share the prompt's blocks
+    def _fork(self, leader: Sequence, children: list[Sequence]) -> None:
+        """Children share the leader's full prompt blocks (ref-counted) and get a copy of its partial last block."""
+        leader.pending_fork = False
+        bs, n_prompt = self.cache.block_size, leader.num_prompt
+        full = n_prompt // bs
+        partial = n_prompt % bs != 0
+        for child in children:
+            child.request.seqs.append(child)
+            if child.finished:
+                continue
+            child.request.metrics.num_cached_tokens += n_prompt
+            if partial and self.cache.pool.num_free < 1 or len(leader.blocks) < full + partial:
+                child.reset_for_recompute()
+                child.request.metrics.num_cached_tokens -= n_prompt
+                self.scheduler.requeue_front(child)
+                continue
+            shared = leader.blocks[:full]
+            self.cache.pool.share(shared)
+            child.blocks = list(shared)
+            if partial:
+                (new,) = self.cache.pool.allocate(1)
+                self.cache.copy_block(leader.blocks[full], new)
+                child.blocks.append(new)
+            child.num_computed = n_prompt
+            child.last_hidden = leader.last_hidden
+            child.mtp_len = n_prompt  # the row at n_prompt used the leader's token: recompute it
+            self.scheduler.running.append(child)
+
+    # ------------------------------------------------------------------ speculative decoding: MTP pass
+    def _mtp_pass(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor,
+                  old: dict[int, int], old_hidden: dict[int, torch.Tensor | None]) -> None:
+        """Fill MTP rows [mtp_len, min(C + 1, len(tokens))) of every scheduled sequence and draft from the last."""
+        k = self.num_spec
+        mtp_segs, ids, pos, hid, who, row = [], [], [], [], [], 0
+        for e, seg in zip(entries, segs):
+            s = e.seq
+            c_old, c_new = old[id(s)], s.num_computed
+            if c_new > c_old:
+                s.last_hidden = hidden[seg.row + c_new - 1 - c_old].clone()
+            if s.finished:
+                continue
+            m_old, m_new = s.mtp_len, min(c_new + 1, len(s.tokens))
+            assert m_old >= c_old, "MTP cache fell behind the main cache"
+            if m_new <= m_old:
+                continue
+            for p in range(m_old, m_new):
+                q = p - 1  # hidden of position p − 1
+                if q < c_old:
+                    assert old_hidden[id(s)] is not None, "MTP row needs the previous step's hidden state"
+                    hid.append(old_hidden[id(s)])
+                else:
+                    hid.append(hidden[seg.row + q - c_old])
+            ids += s.tokens[m_old:m_new]
+            pos += range(m_old, m_new)
+            n = m_new - m_old
+            mtp_segs.append(Segment(row, n, m_old, s.blocks, decode=n <= k + 1))
+            who.append((s, row + n - 1, m_new == c_new + 1))
+            s.mtp_len = m_new
+            row += n
+        for s in [e.seq for e in entries]:
+            s.drafts, s.draft_logp = [], None
+        if not mtp_segs:
+            return
+        dev = self.device
+        meta = build_meta(mtp_segs, self.cache.block_size, dev, ctx_start=1)
+        g = self.runner.mtp(0, torch.tensor(ids, device=dev), torch.stack(hid), torch.tensor(pos, device=dev), meta)
+        # draft from the row at position C (it predicts C + 1), then chain the module on its own output
+        drafting = [(s, r) for s, r, last in who
+                    if last and len(s.tokens) == s.num_computed + 1 and self._num_drafts(s) > 0]
+        if not drafting:
+            return
+        h = g[[r for _, r in drafting]]
+        seqs = [s for s, _ in drafting]
+        for depth in range(k):
+            live = [i for i, s in enumerate(seqs) if self._num_drafts(s) > depth]
+            if not live:
+                break
+            if len(live) < len(seqs):
+                seqs, h = [seqs[i] for i in live], h[live]
+            tok, logp = self._draft_tokens(seqs, self.runner.logits(h))
+            for i, s in enumerate(seqs):
+                s.drafts.append(tok[i])
+                if logp is not None and not s.request.params.greedy:
+                    s.draft_logp = logp[i:i + 1] if s.draft_logp is None else torch.cat([s.draft_logp, logp[i:i + 1]])
+            if depth + 1 >= k:
+                break
+            # provisional row at the draft's position (overwritten by the next step's MTP pass)
+            segs2, pos2 = [], []
+            for i, s in enumerate(seqs):
+                p = len(s.tokens) - 1 + depth + 1
+                segs2.append(Segment(i, 1, p, s.blocks, decode=True))
+                pos2.append(p)
+            meta2 = build_meta(segs2, self.cache.block_size, dev, ctx_start=1)
+            h = self.runner.mtp(0, torch.tensor([s.drafts[-1] for s in seqs], device=dev), h,
+                                torch.tensor(pos2, device=dev), meta2)
+
+    def _num_drafts(self, s: Sequence) -> int:
+        p = s.request.params
+        if p.has_penalties:
+            return 0
+        left = self.max_model_len - len(s.tokens) - 1
+        if p.max_tokens is not None:
+            left = min(left, p.max_tokens - s.num_output - 1)
+        return max(0, min(self.num_spec, left))
+
+    def _draft_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
+        if self.vocab_limit < logits.shape[-1]:
+            logits[:, self.vocab_limit:] = float("-inf")
+        tokens = logits.argmax(dim=-1)
+        sel = [i for i, s in enumerate(seqs) if not s.request.params.greedy]
+        logp = None
+        if sel:
+            logp = torch.full_like(logits, float("-inf"))
+            logp[sel] = self._filter(logits[sel], [seqs[i].request.params for i in sel])
+            tokens[sel] = sample_from_logprobs(logp[sel], [seqs[i].generator for i in sel], self.generator)
+        return tokens.tolist(), logp
+
+    # ------------------------------------------------------------------ outputs
+    def _collect(self) -> list[RequestOutput]:
+        outs = []
+        for rid in list(self.requests):
+            req = self.requests[rid]
+            if not req.dirty:
+                continue
+            req.dirty = False
+            finished = req.finished
+            kind = req.params.output_kind
+            if finished:
+                del self.requests[rid]
+            if kind == "final_only" and not finished:
+                continue
+            comps = []
+            for i, o in enumerate(req.outputs):
+                final = o.finish_reason is not None
+                if kind == "delta":
+                    text = o.detok.delta(final)
+                    new_ids = o.token_ids[o.sent_tokens:]
+                    lps = o.logprobs[o.sent_tokens:] if o.logprobs is not None else None
+                    if not text and not new_ids and (o.reported_finish or not final):
+                        continue
+                    o.sent_tokens = len(o.token_ids)
+                else:
+                    text, new_ids, lps = o.detok.visible(final), o.token_ids, o.logprobs
+                o.reported_finish = final
+                comps.append(CompletionOutput(
+                    i, text, list(new_ids), o.cumulative_logprob if o.logprobs is not None else None,
+                    list(lps) if lps is not None else None, o.finish_reason, o.stop_reason))
+            outs.append(RequestOutput(rid, req.prompt, req.prompt_token_ids, comps, finished, req.metrics))
+        return outs

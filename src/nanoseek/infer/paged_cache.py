@@ -1,0 +1,137 @@
+"""Paged latent KV cache: fixed-size blocks of latent rows from one pool, a free list and per-sequence block tables.
+
+Per token and cached layer the pool holds one row [c ; k_pe] of kv_lora_rank + qk_rope_head_dim values: the
+normalised latent and the rotated shared rope key (vLLM's MLA layout, (blocks, block_size, 576) for V3). So
+    bytes per token = n_cached_layers · (kv_lora_rank + qk_rope_head_dim) · element size
+where n_cached_layers = num_hidden_layers, plus the MTP layers when speculative decoding caches them.
+Token at position p of a sequence lives in slot  block_table[p // block_size] · block_size + p % block_size.
+Blocks are reference-counted so the n samples of one prompt share its full blocks (copy-on-write: the last,
+partial block is copied at the fork, full blocks are never written again).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..config import ModelConfig
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(budget: int | float | str) -> int:
+    """An int/float of bytes or a string like '512MiB', '2GB', '1.5 GiB'."""
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        if budget <= 0:
+            raise ValueError(f"cache_budget: must be positive (got {budget!r})")
+        return int(budget)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(budget))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cache_budget: expected bytes as a number or a size like '512MiB' (got {budget!r})")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def bytes_per_token(cfg: ModelConfig, n_layers: int, dtype: torch.dtype) -> int:
+    return n_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * torch.empty(0, dtype=dtype).element_size()
+
+
+class BlockPool:
+    """Block ids 0..num_blocks-1 with reference counts and a LIFO free list (recently freed blocks are warm)."""
+
+    def __init__(self, num_blocks: int):
+        if num_blocks < 1:
+            raise ValueError(f"BlockPool: need at least one block (got {num_blocks})")
+        self.num_blocks = num_blocks
+        self.ref = [0] * num_blocks
+        self.free = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self.free):
+            raise RuntimeError(f"BlockPool: asked for {n} blocks, {len(self.free)} free")
+        out = [self.free.pop() for _ in range(n)]
+        for b in out:
+            self.ref[b] = 1
+        return out
+
+    def share(self, blocks: list[int]) -> None:
+        for b in blocks:
+            self.ref[b] += 1
+
+    def release(self, blocks: list[int]) -> None:
+        for b in reversed(blocks):
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                self.free.append(b)
+            elif self.ref[b] < 0:
+                raise RuntimeError(f"BlockPool: block {b} released more often than allocated")
+
+
+class PagedLatentCache:
+    """The pool tensor `kv` (n_layers, num_blocks · block_size, kv_lora_rank + qk_rope_head_dim) and its blocks.
+
+    Layer index i < num_hidden_layers is the main model's layer i; num_hidden_layers + k is MTP module k."""
+
+    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int = 16, n_layers: int | None = None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        if block_size < 1:
+            raise ValueError(f"block_size: must be >= 1 (got {block_size})")
+        self.cfg = cfg
+        self.block_size = block_size
+        self.n_layers = cfg.num_hidden_layers if n_layers is None else n_layers
+        self.c_dim = cfg.kv_lora_rank
+        self.dtype = dtype
+        self.pool = BlockPool(num_blocks)
+        self.kv = torch.zeros(self.n_layers, num_blocks * block_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                              dtype=dtype, device=device)
+
+    @classmethod
+    def from_budget(cls, cfg: ModelConfig, budget_bytes: int, block_size: int = 16, n_layers: int | None = None,
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> "PagedLatentCache":
+        n = cfg.num_hidden_layers if n_layers is None else n_layers
+        per_block = block_size * bytes_per_token(cfg, n, dtype)
+        num_blocks = budget_bytes // per_block
+        if num_blocks < 1:
+            raise ValueError(f"cache_budget: {budget_bytes} bytes is less than one block of {block_size} tokens "
+                             f"({per_block} bytes)")
+        return cls(cfg, num_blocks, block_size, n, dtype, device)
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def bytes_per_token(self) -> int:
+        return bytes_per_token(self.cfg, self.n_layers, self.dtype)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size)
+
+    # ------------------------------------------------------------------ data movement
+    def write(self, layer: int, slots: torch.Tensor, c: torch.Tensor, k_pe: torch.Tensor) -> None:
+        """Store rows [c ; k_pe] (n, C), (n, R) at flat slots (n,)."""
+        self.kv[layer].index_copy_(0, slots, torch.cat([c, k_pe], dim=-1).to(self.dtype))
+
+    def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows at slots (any shape S) -> c (S, C), k_pe (S, R) as views of one gathered tensor."""
+        rows = self.kv[layer][slots]
+        return rows[..., :self.c_dim], rows[..., self.c_dim:]
+
+    def copy_block(self, src: int, dst: int) -> None:
+        bs = self.block_size
+        self.kv[:, dst * bs:(dst + 1) * bs] = self.kv[:, src * bs:(src + 1) * bs]
+
+
+def slots_for(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Flat slot indices of positions (..., P) given block tables (..., max_blocks) with matching leading dims."""
+    blk = torch.gather(block_table, -1, positions // block_size)
+    return blk * block_size + positions % block_size

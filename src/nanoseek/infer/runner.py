@@ -1,0 +1,158 @@
+"""Runs the model over one step's packed tokens with attention over the paged latent cache.
+
+All tokens of the step (decodes, draft verifications, prefill chunks of several sequences) are packed in one row
+(1, N) so that every projection, router and expert runs once per step over all of them. Only attention is per
+sequence; it reads the cache:
+- decode-like sequences (a few new tokens each) are gathered into one padded batch and use the absorbed path
+  (`MLA.absorbed`): scores = (q_nope·W_UK)·c + q_pe·k_pe over the cached rows, output W_UV·(p·c);
+- prefill chunks use the decompressed path (`MLA.decompressed`, per-head K/V from the latents, SDPA), over the
+  chunk alone when nothing is cached before it, else over the gathered context; `prefill_attention="absorbed"`
+  runs them on the absorbed path instead (the test that both agree uses it).
+The latents of the new tokens are written into the cache before attention reads it.
+
+The layer loop mirrors `Block.forward` / `MTP.forward` of nanoseek.model (same submodules, same order); the tests
+compare the engine with plain `model(ids)` so any divergence shows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..model.rope import rope_cos_sin
+from .paged_cache import PagedLatentCache, slots_for
+
+
+@dataclass
+class Segment:
+    """Rows [row, row + n) of the packed step belong to one sequence, at positions start .. start + n − 1."""
+    row: int
+    n: int
+    start: int
+    blocks: list[int]
+    decode: bool
+
+
+@dataclass
+class AttnMeta:
+    slots: torch.Tensor  # (N,) where each new row is written
+    # decode group
+    dec_rows: torch.Tensor | None = None  # (B, S) packed row of each query (padding repeats a real row)
+    dec_valid: torch.Tensor | None = None  # (B, S)
+    dec_ctx: torch.Tensor | None = None  # (B, T) slots of context positions 0..T-1
+    dec_mask: torch.Tensor | None = None  # (B, S, T) True = may attend
+    # prefill chunks: (row, n, context slots or None when the chunk is the whole context)
+    prefill: list[tuple[int, int, torch.Tensor | None]] | None = None
+
+
+def build_meta(segments: list[Segment], block_size: int, device: torch.device, ctx_start: int = 0) -> AttnMeta:
+    """ctx_start: first position a layer attends to (1 for MTP layers, which have no row at position 0)."""
+    slots = []
+    for s in segments:
+        pos = torch.arange(s.start, s.start + s.n)
+        bt = torch.tensor(s.blocks, dtype=torch.long)
+        slots.append(bt[pos // block_size] * block_size + pos % block_size)
+    meta = AttnMeta(slots=torch.cat(slots).to(device) if slots else torch.zeros(0, dtype=torch.long, device=device))
+    dec = [s for s in segments if s.decode]
+    if dec:
+        B, S = len(dec), max(s.n for s in dec)
+        T = max(s.start + s.n for s in dec)
+        nb = max(len(s.blocks) for s in dec)
+        bt = torch.zeros(B, nb, dtype=torch.long)
+        starts = torch.tensor([s.start for s in dec])
+        lens = torch.tensor([s.n for s in dec])
+        for b, s in enumerate(dec):
+            bt[b, :len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.long)
+        j = torch.arange(S)
+        jj = torch.minimum(j[None], lens[:, None] - 1)  # padding queries repeat the last real one
+        rows = torch.tensor([s.row for s in dec])[:, None] + jj
+        qpos = starts[:, None] + jj  # (B, S)
+        cols = torch.arange(T)
+        ctx_pos = torch.minimum(cols[None], (starts + lens - 1)[:, None])  # keep table lookups in range
+        ctx = slots_for(bt, ctx_pos, block_size)
+        mask = (cols[None, None] <= qpos[..., None]) & (cols[None, None] >= ctx_start)
+        meta.dec_rows, meta.dec_valid = rows.to(device), (j[None] < lens[:, None]).to(device)
+        meta.dec_ctx, meta.dec_mask = ctx.to(device), mask.to(device)
+    pre = [s for s in segments if not s.decode]
+    if pre:
+        meta.prefill = []
+        for s in pre:
+            if s.start <= ctx_start:
+                meta.prefill.append((s.row, s.n, None))
+            else:
+                pos = torch.arange(ctx_start, s.start + s.n)
+                bt = torch.tensor(s.blocks, dtype=torch.long)
+                meta.prefill.append((s.row, s.n, (bt[pos // block_size] * block_size + pos % block_size).to(device)))
+    return meta
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module, cache: PagedLatentCache, prefill_attention: str = "decompressed"):
+        if prefill_attention not in ("decompressed", "absorbed"):
+            raise ValueError(f"prefill_attention: expected 'decompressed' or 'absorbed' (got {prefill_attention!r})")
+        self.model = model
+        self.cfg = model.config
+        self.cache = cache
+        self.prefill_attention = prefill_attention
+
+    # ------------------------------------------------------------------ attention over the cache
+    def _attention(self, attn: nn.Module, layer: int, q_nope: torch.Tensor, q_pe: torch.Tensor, c: torch.Tensor,
+                   k_pe: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
+        """q_nope (N,h,d), q_pe (N,h,r), this step's c (N,C), k_pe (N,R) -> (N,h,d_v)."""
+        self.cache.write(layer, meta.slots, c, k_pe)
+        out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_head_dim)
+        if meta.dec_rows is not None:
+            c_ctx, pe_ctx = self.cache.gather(layer, meta.dec_ctx)
+            o = attn.absorbed(q_nope[meta.dec_rows], q_pe[meta.dec_rows], c_ctx.to(q_nope.dtype),
+                              pe_ctx.to(q_nope.dtype), meta.dec_mask)
+            out[meta.dec_rows[meta.dec_valid]] = o[meta.dec_valid].to(out.dtype)
+        for row, n, ctx in meta.prefill or ():
+            qn, qp = q_nope[None, row:row + n], q_pe[None, row:row + n]
+            if ctx is None:
+                cc, pe, mask = c[None, row:row + n], k_pe[None, row:row + n], None
+            else:
+                cc, pe = self.cache.gather(layer, ctx[None])
+                t = ctx.shape[0]
+                mask = torch.ones(n, t, dtype=torch.bool, device=ctx.device).tril(t - n)[None]
+            if self.prefill_attention == "absorbed":
+                o = attn.absorbed(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), mask)
+            else:
+                o = attn.decompressed(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), mask)
+            out[row:row + n] = o[0].to(out.dtype)
+        return out
+
+    def _block(self, block: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               meta: AttnMeta) -> torch.Tensor:
+        """Block.forward with attention over the paged cache. h (1, N, dim)."""
+        attn = block.attn
+        x = block.attn_norm(h)
+        q_nope, q_pe = attn.query(x, cos, sin)
+        c, k_pe = attn.latent(x, cos, sin)
+        o = self._attention(attn, attn.layer_id, q_nope[0], q_pe[0], c[0], k_pe[0], meta)
+        h = h + attn.wo(o.flatten(1))[None]
+        return h + block.ffn(block.ffn_norm(h))
+
+    # ------------------------------------------------------------------ passes
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
+        """Main model over packed tokens (N,) at positions (N,): final hidden states (N, dim), after the norm."""
+        cos, sin = rope_cos_sin(self.cfg, positions[None])
+        h = self.model.embed(input_ids[None])
+        for layer in self.model.layers:
+            h = self._block(layer, h, cos, sin, meta)
+        return self.model.norm(h)[0]
+
+    @torch.inference_mode()
+    def mtp(self, k: int, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
+            meta: AttnMeta) -> torch.Tensor:
+        """MTP module k (MTP.forward): row i combines hidden (N, dim) at position p−1 and next_ids at p = positions.
+        Returns the module's normed output (N, dim); `logits` of it are its predictions for position p + 1."""
+        m = self.model.mtp[k]
+        cos, sin = rope_cos_sin(self.cfg, positions[None])
+        x = m.eh_proj(torch.cat([m.enorm(self.model.embed(next_ids[None])), m.hnorm(hidden[None])], dim=-1))
+        return m.norm(self._block(m.block, x, cos, sin, meta))[0]
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.head(hidden).float()

@@ -1,0 +1,180 @@
+"""Continuous batching at iteration level, in the manner of vLLM V1.
+
+Every sequence has `tokens` (prompt + generated) and `num_computed`, the positions whose latents are cached. Each
+step the scheduler gives each sequence `len(tokens) − num_computed` new tokens (1 while decoding, plus its MTP draft
+tokens), cut to the per-step budget `max_num_batched_tokens`, so a long prompt is prefilled in chunks over several
+steps while running sequences keep decoding. Running sequences go first, in arrival order; waiting ones are admitted
+first come, first served while the budget, `max_num_seqs` and free blocks allow. When a running sequence needs a
+block and none is free, the latest-arrived running sequence is preempted: its blocks are freed and it goes back to
+the front of the queue with num_computed = 0, to be recomputed (prompt + what it had generated) later.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .paged_cache import PagedLatentCache
+
+if TYPE_CHECKING:
+    from .engine import Request
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One sample being generated: the state the scheduler, cache and speculative decoder share."""
+    seq_id: int
+    request: "Request"
+    index: int  # which of the request's n samples
+    tokens: list[int]
+    num_prompt: int
+    generator: torch.Generator | None = None
+    num_computed: int = 0  # positions [0, num_computed) of the main layers are in the cache
+    mtp_len: int = 1  # MTP rows [1, mtp_len) are in the cache (row p combines h_{p-1} and token p)
+    blocks: list[int] = field(default_factory=list)
+    last_hidden: torch.Tensor | None = None  # main model's hidden state at position num_computed − 1
+    drafts: list[int] = field(default_factory=list)
+    draft_logp: torch.Tensor | None = None  # (len(drafts), V) draft distributions (None when greedy)
+    finished: bool = False
+    pending_fork: bool = False  # leader of an n > 1 request whose prompt is not yet prefilled
+    state: Any = None  # the engine's per-output state (detokenizer, logprobs, metrics)
+
+    @property
+    def priority(self) -> tuple[int, int]:
+        return self.request.arrival_index, self.index
+
+    @property
+    def num_output(self) -> int:
+        return len(self.tokens) - self.num_prompt
+
+    def reset_for_recompute(self) -> None:
+        self.num_computed = 0
+        self.mtp_len = 1
+        self.last_hidden = None
+        self.drafts = []
+        self.draft_logp = None
+
+
+@dataclass
+class Scheduled:
+    seq: Sequence
+    num_real: int  # tokens[num_computed : num_computed + num_real] are fed
+    drafts: list[int]  # then these draft tokens
+    completes: bool = False  # the chunk reaches the end of the known tokens: its last logits give a new token
+
+    def __post_init__(self) -> None:
+        self.completes = self.seq.num_computed + self.num_real == len(self.seq.tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_real + len(self.drafts)
+
+
+@dataclass
+class SchedulerOutput:
+    entries: list[Scheduled]
+    preempted: list[Sequence]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(e.num_tokens for e in self.entries)
+
+
+class Scheduler:
+    def __init__(self, cache: PagedLatentCache, max_num_seqs: int, max_num_batched_tokens: int, lookahead: int = 0):
+        """lookahead: extra slots each scheduled sequence must own beyond its fed tokens (the provisional MTP rows
+        of speculative drafting)."""
+        self.cache = cache
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.lookahead = lookahead
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+        self._ids = itertools.count()
+
+    def new_seq_id(self) -> int:
+        return next(self._ids)
+
+    # ------------------------------------------------------------------ queue management
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def requeue_front(self, seq: Sequence) -> None:
+        """Back to the queue, ahead of later arrivals (preemption, failed fork)."""
+        i = 0
+        while i < len(self.waiting) and self.waiting[i].priority < seq.priority:
+            i += 1
+        self.waiting.insert(i, seq)
+
+    def free(self, seq: Sequence) -> None:
+        self.cache.pool.release(seq.blocks)
+        seq.blocks = []
+
+    def remove(self, seq: Sequence) -> None:
+        """Drop a finished or aborted sequence and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.free(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.free(seq)
+        seq.reset_for_recompute()
+        self.requeue_front(seq)
+        self.num_preemptions += 1
+
+    def _blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+        need = self.cache.blocks_for(seq.num_computed + num_tokens + self.lookahead)
+        return max(0, need - len(seq.blocks))
+
+    # ------------------------------------------------------------------ one step
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        entries: list[Scheduled] = []
+        preempted: list[Sequence] = []
+        pool = self.cache.pool
+        # 1. running sequences, oldest first; preempt from the newest end when blocks run out
+        self.running.sort(key=lambda s: s.priority)
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_real = min(len(seq.tokens) - seq.num_computed, budget)
+            drafts = seq.drafts[:max(0, budget - num_real)] if num_real == len(seq.tokens) - seq.num_computed else []
+            n = num_real + len(drafts)
+            while self._blocks_needed(seq, n) > pool.num_free:
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is seq:
+                    break
+            if seq not in self.running:
+                break  # it was the newest itself: nothing after it runs either
+            seq.blocks.extend(pool.allocate(self._blocks_needed(seq, n)))
+            entries.append(Scheduled(seq, num_real, drafts))
+            budget -= n
+            i += 1
+        # 2. admit waiting sequences (not in a step that had to preempt)
+        while self.waiting and budget > 0 and not preempted:
+            seq = self.waiting[0]
+            slots = seq.request.params.n if seq.pending_fork else 1
+            if len(self.running) + slots > self.max_num_seqs and self.running:
+                break
+            num_real = min(len(seq.tokens) - seq.num_computed, budget)
+            need = self._blocks_needed(seq, num_real)
+            if need > pool.num_free:
+                break
+            self.waiting.popleft()
+            seq.blocks.extend(pool.allocate(self._blocks_needed(seq, num_real)))
+            self.running.append(seq)
+            entries.append(Scheduled(seq, num_real, []))
+            budget -= num_real
+        return SchedulerOutput(entries, preempted)

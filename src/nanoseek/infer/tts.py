@@ -1,0 +1,78 @@
+"""Test-time scaling over n samples: self-consistency (majority vote over extracted answers) and best-of-n.
+
+Self-consistency (Wang et al. 2022): sample several chains of thought, extract each final answer, return the most
+frequent one; DeepSeek-R1 reports it as cons@64. Best-of-n keeps the sample a user-supplied scorer likes best.
+Sample with `SamplingParams(n=..., temperature > 0)`: the n samples share one prefill of the prompt.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .outputs import CompletionOutput, RequestOutput
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def _boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...}, with nested braces."""
+    at = text.rfind("\\boxed")
+    if at < 0:
+        return None
+    i = text.find("{", at)
+    if i < 0:
+        return None
+    depth, j = 0, i
+    while j < len(text):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j].strip()
+        j += 1
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """A final answer from a completion: the last \\boxed{...}; else what follows the last "answer is"/"Answer:";
+    else the last number. The reasoning before `</think>` is ignored when present. None when nothing is found."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    box = _boxed(text)
+    if box:
+        return box
+    m = list(re.finditer(r"(?:answer is|answer:)\s*([^\n]+)", text, flags=re.IGNORECASE))
+    if m:
+        ans = m[-1].group(1).strip().rstrip(".").strip()
+        if ans:
+            return ans
+    nums = _NUMBER.findall(text)
+    return nums[-1].replace(",", "") if nums else None
+
+
+def _texts(samples: RequestOutput | Iterable[CompletionOutput | str]) -> list[str]:
+    items = samples.outputs if isinstance(samples, RequestOutput) else samples
+    return [s if isinstance(s, str) else (s.content if s.content is not None else s.text) for s in items]
+
+
+def majority_vote(samples: RequestOutput | Iterable[CompletionOutput | str],
+                  extract: Callable[[str], Any] = extract_answer) -> tuple[Any, int]:
+    """(most frequent extracted answer, its count) over the samples; samples without an answer do not vote.
+    Ties go to the answer seen first. (None, 0) when no sample has an answer."""
+    answers = [a for a in (extract(t) for t in _texts(samples)) if a is not None]
+    if not answers:
+        return None, 0
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best), best
+
+
+def best_of_n(samples: RequestOutput | Iterable[CompletionOutput | str],
+              score: Callable[[str], float]) -> tuple[str, float]:
+    """(the sample text with the highest score, its score); ties go to the first."""
+    texts = _texts(samples)
+    if not texts:
+        raise ValueError("best_of_n: no samples")
+    scores = [score(t) for t in texts]
+    i = max(range(len(texts)), key=lambda j: scores[j])
+    return texts[i], scores[i]

@@ -1,0 +1,224 @@
+"""Inference engine on token ids: greedy equals full recomputation, batching/chunking/preemption/n>1 do not change
+results, the paged cache's accounting, prefill paths agree, abort frees blocks."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from nanoseek import ModelConfig, Transformer
+from nanoseek.infer import LLM, PagedLatentCache, SamplingParams
+from nanoseek.infer.paged_cache import BlockPool
+
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig.preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(2, 1024, (n,), generator=g).tolist() for n in (5, 21, 40)]
+
+
+def reference_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
+    """Plain loop: the whole sequence through model(ids) at every step."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.fixture(scope="module")
+def expected(model, prompts) -> list[list[int]]:
+    return [reference_greedy(model, p, GREEDY.max_tokens) for p in prompts]
+
+
+def tokens(outs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def test_cache_bytes_per_token_is_the_latent_formula():
+    cfg = ModelConfig.preset("deepseek-v3")
+    cache = PagedLatentCache(ModelConfig.preset("tiny"), num_blocks=3, block_size=16, dtype=torch.bfloat16)
+    tiny = ModelConfig.preset("tiny")
+    assert cache.bytes_per_token == tiny.num_hidden_layers * (tiny.kv_lora_rank + tiny.qk_rope_head_dim) * 2
+    assert cache.kv.nbytes == 3 * 16 * cache.bytes_per_token
+    # DeepSeek-V3 shapes: 61 layers x 576 values x 2 bytes = 70,272 B/token (serving.md 1.2), 71x below per-head K/V
+    from nanoseek.infer.paged_cache import bytes_per_token
+    assert bytes_per_token(cfg, cfg.num_hidden_layers, torch.bfloat16) == 70_272
+    naive = cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim) * 2
+    assert naive / 70_272 > 71
+
+
+def test_engine_cache_counts_mtp_layer_only_when_speculating(model):
+    cfg = model.config
+    per_layer = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4
+    plain = LLM(model, cache_budget="1MiB").engine.cache
+    spec = LLM(model, cache_budget="1MiB", speculative=1).engine.cache
+    assert plain.bytes_per_token == cfg.num_hidden_layers * per_layer
+    assert spec.bytes_per_token == (cfg.num_hidden_layers + 1) * per_layer
+    assert plain.kv.nbytes == plain.num_blocks * plain.block_size * plain.bytes_per_token <= 1 << 20
+    assert plain.num_blocks == (1 << 20) // (16 * plain.bytes_per_token)
+
+
+def test_block_pool_refcounts():
+    pool = BlockPool(4)
+    a = pool.allocate(3)
+    assert pool.num_free == 1 and len(set(a)) == 3
+    pool.share(a[:2])
+    pool.release(a)
+    assert pool.num_free == 2  # the two shared blocks are still held
+    pool.release(a[:2])
+    assert pool.num_free == 4
+    with pytest.raises(RuntimeError):
+        pool.allocate(5)
+
+
+def test_greedy_equals_full_recomputation_batched_and_alone(model, prompts, expected):
+    llm = LLM(model)
+    assert tokens(llm.generate(prompts, GREEDY)) == expected
+    for p, e in zip(prompts, expected):
+        out = llm.generate([p], GREEDY)[0]
+        assert out.outputs[0].token_ids == e
+        assert out.outputs[0].finish_reason == "length" and out.prompt_token_ids == p
+    assert llm.engine.cache.pool.num_free == llm.engine.cache.num_blocks  # every block back
+
+
+def test_chunked_prefill_and_small_blocks_match(model, prompts, expected):
+    llm = LLM(model, max_num_batched_tokens=7, block_size=4)
+    assert tokens(llm.generate(prompts, GREEDY)) == expected
+    assert llm.engine.stats["steps"] > len(prompts) + GREEDY.max_tokens  # the long prompts took several steps
+
+
+def test_prefill_paths_agree(model, prompts, expected):
+    absorbed = LLM(model, prefill_attention="absorbed", max_num_batched_tokens=16)
+    decomp = LLM(model, prefill_attention="decompressed", max_num_batched_tokens=16)
+    assert tokens(absorbed.generate(prompts, GREEDY)) == expected
+    assert tokens(decomp.generate(prompts, GREEDY)) == expected
+    # and the latents they leave in the cache are the same
+    for llm in (absorbed, decomp):
+        llm.add_request(prompts[2], SamplingParams(temperature=0, max_tokens=2))
+        llm.step()
+    a, d = absorbed.engine.cache.kv, decomp.engine.cache.kv
+    torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-5)
+
+
+def test_preemption_under_tiny_cache_completes_everything(model, prompts, expected):
+    # room for ~80 tokens: the three sequences (66 prompt + 24 generated tokens) cannot all stay resident
+    llm = LLM(model, cache_budget=80 * LLM(model).engine.cache.bytes_per_token, block_size=4)
+    assert llm.engine.max_model_len < 80
+    outs = llm.generate(prompts, GREEDY)
+    assert tokens(outs) == expected
+    assert llm.engine.scheduler.num_preemptions > 0
+    assert llm.engine.cache.pool.num_free == llm.engine.cache.num_blocks
+
+
+def test_n_samples_share_the_prefill(model, prompts, expected):
+    llm = LLM(model, block_size=4)
+    out = llm.generate([prompts[1]], SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True))[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2]
+    assert all(c.token_ids == expected[1] for c in out.outputs)
+    assert out.metrics.num_cached_tokens == 2 * len(prompts[1])  # two samples forked, not recomputed
+    assert llm.engine.stats["tokens_scheduled"] == len(prompts[1]) + 3 * 7
+    sampled = llm.generate([prompts[1]], SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=3))[0]
+    assert len({tuple(c.token_ids) for c in sampled.outputs}) > 1
+    again = llm.generate([prompts[1]], SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=3))[0]
+    assert [c.token_ids for c in again.outputs] == [c.token_ids for c in sampled.outputs]
+    assert llm.engine.cache.pool.num_free == llm.engine.cache.num_blocks
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(model, prompts):
+    sp = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, max_tokens=8, seed=7, ignore_eos=True)
+    llm = LLM(model)
+    alone = llm.generate([prompts[0]], sp)[0].outputs[0].token_ids
+    others = SamplingParams(temperature=1.0, max_tokens=8)
+    batched = llm.generate([prompts[1], prompts[0], prompts[2]], [others, sp, others])[1].outputs[0].token_ids
+    assert alone == batched
+    other_seed = llm.generate([prompts[0]], sp.clone(seed=8))[0].outputs[0].token_ids
+    assert other_seed != alone
+
+
+def test_stop_token_ids_and_max_tokens(model, prompts, expected):
+    llm = LLM(model)
+    stop = expected[0][3]
+    out = llm.generate([prompts[0]], SamplingParams(temperature=0, max_tokens=8, stop_token_ids=[stop]))[0]
+    c = out.outputs[0]
+    assert c.token_ids == expected[0][:expected[0].index(stop) + 1]
+    assert c.finish_reason == "stop" and c.stop_reason == stop
+    out = llm.generate([prompts[0]], SamplingParams(temperature=0, max_tokens=3, stop_token_ids=[stop],
+                                                    min_tokens=3))[0]
+    assert out.outputs[0].token_ids == expected[0][:3] and out.outputs[0].finish_reason == "length"
+
+
+def test_logprobs_are_the_model_log_softmax(model, prompts, expected):
+    llm = LLM(model)
+    c = llm.generate([prompts[0]], SamplingParams(temperature=0, max_tokens=3, logprobs=2, ignore_eos=True)
+                     )[0].outputs[0]
+    with torch.no_grad():
+        ref = model(torch.tensor([prompts[0] + expected[0][:2]]))[0, -3:].log_softmax(-1)
+    assert len(c.logprobs) == 3
+    for j, (tok, entry) in enumerate(zip(c.token_ids, c.logprobs)):
+        assert entry[tok].rank == 1  # greedy picks the most likely token
+        top = ref[j].topk(2)
+        assert set(entry) == set(top.indices.tolist())
+        for v, i in zip(top.values.tolist(), top.indices.tolist()):
+            assert entry[i].logprob == pytest.approx(v, abs=1e-4)
+    assert c.cumulative_logprob == pytest.approx(sum(e[t].logprob for t, e in zip(c.token_ids, c.logprobs)))
+
+
+def test_incremental_core_abort_and_threads(model, prompts):
+    llm = LLM(model)
+    eng = llm.engine
+    free = eng.cache.pool.num_free
+    a = llm.add_request(prompts[0], SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    errors: list[BaseException] = []
+
+    def add_from_thread():
+        try:
+            llm.add_request(prompts[1], SamplingParams(temperature=0, max_tokens=2), request_id="t")
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+    th = threading.Thread(target=add_from_thread)
+    th.start()
+    th.join()
+    assert not errors
+    outs = llm.step()
+    assert {o.request_id for o in outs} == {a, "t"}
+    llm.abort_request(a)
+    finished = {}
+    while llm.has_unfinished_requests():
+        for o in llm.step():
+            if o.finished:
+                finished[o.request_id] = o
+    assert finished[a].outputs[0].finish_reason == "abort"
+    assert finished["t"].outputs[0].finish_reason == "length"
+    assert eng.cache.pool.num_free == free
+    with pytest.raises(ValueError, match="already in use"):
+        llm.add_request(prompts[0], request_id="x")
+        llm.add_request(prompts[0], request_id="x")
+
+
+def test_bad_requests_raise_clear_errors(model):
+    llm = LLM(model, max_model_len=64)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        llm.generate("hello")
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        llm.generate([[1, 2, 5000]])
+    with pytest.raises(ValueError, match="maximum context length is 64"):
+        llm.generate([[3] * 64])
+    with pytest.raises(ValueError, match="empty"):
+        llm.generate([[]])
+    with pytest.raises(ValueError, match="stop strings need a tokenizer"):
+        llm.generate([[3, 4]], SamplingParams(stop=["x"]))
+    with pytest.raises(ValueError, match="do not fit in the KV cache"):
+        LLM(model, cache_budget="64KiB", max_model_len=1000)
+    with pytest.raises(ValueError, match="speculative"):
+        LLM(model, speculative="medusa")
+    assert not llm.has_unfinished_requests()
