@@ -378,8 +378,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str | torch.dtype | None = N
                 slot = todo[k]
                 state[slot.param][slot.index].copy_(t)
             reader.release(file)
-    if rope_half:
-        cfg.extra["rope_interleave"] = True  # the weights are now in the interleaved layout
+    cfg.extra.pop("rope_interleave", None)  # loaded weights are always in the interleaved layout
     return model.eval()
 
 
