@@ -81,6 +81,37 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+_SENTINEL = "\x00nanoseek-assistant-content\x00"
+
+
+def _trace(message: Message) -> tuple[str, str] | None:
+    """(reasoning, answer) of an assistant message with a reasoning trace, else None."""
+    content = message.get("content") or ""
+    for key in _REASONING_KEYS:
+        r = message.get(key)
+        if isinstance(r, str) and r.strip():
+            return r, content
+    if isinstance(content, str) and "</think>" in content:
+        head, _, answer = content.rpartition("</think>")
+        head = head.strip()
+        return (head[len("<think>"):] if head.startswith("<think>") else head), answer
+    return None
+
+
+def _with_trace(render: Callable[..., str], messages: Sequence[Message], k: int, prev: str) -> str:
+    """The text assistant message k adds, with its reasoning trace in a think block: the template's assistant
+    prefix and end-of-turn text (found by rendering a sentinel as the content) around `<think>...</think>answer`."""
+    reasoning, answer = _trace(messages[k])
+    bare = {key: v for key, v in messages[k].items() if key not in _REASONING_KEYS}
+    probe = render([*messages[:k], {**bare, "content": _SENTINEL}])
+    if not probe.startswith(prev) or probe.count(_SENTINEL) != 1:
+        raise DataError(f"message {k}: cannot place its reasoning trace: the chat template does not write an "
+                        "assistant message's content verbatim")
+    before, after = probe[len(prev):].split(_SENTINEL)
+    return f"{before}<think>\n{reasoning.strip()}\n</think>\n\n{answer.strip()}{after}"
+
+
 def encode_chat(tokenizer: Any, messages: Sequence[Message], encode: Callable[[str], list[int]] | None = None
                 ) -> Example:
     """Render a chat with the tokenizer's template and mark the assistant's tokens.
@@ -89,6 +120,14 @@ def encode_chat(tokenizer: Any, messages: Sequence[Message], encode: Callable[[s
     that rewrite earlier turns are rejected). In an assistant turn, the part the template would also write as
     the generation prompt (e.g. `<｜Assistant｜>`) is context; the rest (content and end-of-turn token) is what
     the model learns to write: loss_mask 1.
+
+    Reasoning traces: DeepSeek-R1's template drops everything up to `</think>` from every assistant message (and
+    ignores `reasoning_content`), so rendered as is, SFT on traces would never train the trace. The *last*
+    assistant message that carries one (`reasoning_content`, or `<think>...</think>` in `content`) is therefore
+    written as `<think>\n{reasoning}\n</think>\n\n{answer}` between the template's own assistant prefix and
+    end-of-turn text; the generation prompt's part (`<｜Assistant｜><think>\n`) is context, the rest a target, so
+    training matches what the model sees at inference. Earlier assistant turns stay as the template renders them
+    (as they appear in later prompts).
     """
     if not hasattr(tokenizer, "apply_chat_template"):
         raise DataError("chat 'messages' need a tokenizer with a chat template (apply_chat_template)")
@@ -111,6 +150,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[Message], encode: Callable[[s
             ids.extend(enc)
             mask.extend([target] * len(enc))
 
+    traced = [k for k, m in enumerate(messages) if m.get("role") == "assistant" and _trace(m) is not None]
     prev = render([])
     for k, message in enumerate(messages):
         cur = render(messages[: k + 1])
@@ -120,6 +160,8 @@ def encode_chat(tokenizer: Any, messages: Sequence[Message], encode: Callable[[s
         segment = cur[len(prev):]
         if message["role"] == "assistant":
             prompt = render(messages[:k], generation_prompt=True)
+            if traced and k == traced[-1] and _trace(message)[0].strip() not in segment:
+                segment = _with_trace(render, messages, k, prev)  # the template dropped the trace: put it back
             n = _common_prefix(prompt[len(prev):], segment) if prompt.startswith(prev) else 0
             add(segment[:n], 0)
             add(segment[n:], 1)
