@@ -21,21 +21,13 @@ def command(name: str, help: str):
     return register
 
 
-class CLIError(Exception):
+class CLIError(ValueError):
     """A user error: printed as one line, exit status 2, no traceback."""
 
 
 def load_config(name_or_dir: str):
-    """A preset name, a model directory, or a config.json path."""
-    import os
-
     from .config import ModelConfig
-    from .presets import PRESETS
-    if name_or_dir in PRESETS:
-        return ModelConfig.preset(name_or_dir)
-    if os.path.exists(name_or_dir):
-        return ModelConfig.from_pretrained(name_or_dir)
-    raise CLIError(f"{name_or_dir!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a model directory")
+    return ModelConfig.from_name_or_path(name_or_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- info
@@ -159,6 +151,34 @@ def _train(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- sft
+def _levels(text: str | None) -> list[int] | None:
+    try:
+        return [int(x) for x in text.split(",")] if text else None
+    except ValueError:
+        raise CLIError(f"levels: expected comma-separated integers such as 1,2,3 (got {text!r})") from None
+
+
+@command("sft", "chat supervised fine-tuning (assistant-only loss, packing) of a model directory on chat jsonl "
+                "or a built-in task's worked solutions")
+def _sft(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--config", help="TOML or JSON file of training settings")
+    p.add_argument("--task", help="built-in task (e.g. arithmetic) whose worked solutions are the data, "
+                                  "instead of --data FILE.jsonl")
+    p.add_argument("--task-examples", type=int, default=2000, help="worked solutions generated for --task")
+    p.add_argument("--task-levels", help="comma-separated difficulty levels for --task (default: all)")
+    p.set_defaults(_overrides_help="--model DIR, --data FILE.jsonl[,FILE2...] and --key value for any setting "
+                                   "of nanoseek.train.TrainConfig")
+
+    def run(a: argparse.Namespace) -> int:
+        from .train.config import build, load_file
+        from .train.sft import SFT_DEFAULTS, run as sft_run
+        cfg = build({**SFT_DEFAULTS, **(load_file(a.config) if a.config else {})}, a._extra)
+        sft_run(cfg, task=a.task, task_examples=a.task_examples, task_levels=_levels(a.task_levels))
+        return 0
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -176,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args._extra = extra
     try:
         return args._run(args) or 0
-    except (CLIError, ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError) as e:  # bad input: one line, no traceback
         print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

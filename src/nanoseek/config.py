@@ -234,6 +234,17 @@ class ModelConfig:
         return cfg
 
     @classmethod
+    def from_name_or_path(cls, name_or_path: str | os.PathLike) -> "ModelConfig":
+        """A preset name, a model directory, or a config.json path."""
+        from .presets import PRESETS
+        if str(name_or_path) in PRESETS:
+            return cls.preset(str(name_or_path))
+        if os.path.exists(name_or_path):
+            return cls.from_pretrained(name_or_path)
+        raise ValueError(f"{str(name_or_path)!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
+                         f"nor a model directory")
+
+    @classmethod
     def preset(cls, name: str) -> "ModelConfig":
         from .presets import PRESETS
         if name not in PRESETS:

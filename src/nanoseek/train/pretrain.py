@@ -22,6 +22,8 @@ def export(trainer: Trainer, tokenizer_dir: str | None, out_dir: str) -> str:
 
 
 def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from ..config import ModelConfig
+    ModelConfig.from_name_or_path(cfg.model)  # fail fast on a bad model name, before preparing any data
     env = distributed.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -55,8 +55,7 @@ def dense_baseline(cfg: ModelConfig) -> ModelConfig:
 
 
 def build_model_config(cfg: TrainConfig, vocab_size: int | None) -> ModelConfig:
-    from ..cli import load_config
-    mcfg = load_config(cfg.model)
+    mcfg = ModelConfig.from_name_or_path(cfg.model)
     known = set(mcfg.to_dict())
     for k in cfg.model_overrides:
         if k not in known:
