@@ -27,7 +27,7 @@ class Detokenizer:
         self.ids: list[int] = []
         self._prefix = self._read = 0
         self._stream = None
-        if tokenizer is not None and hasattr(tokenizer, "decode_stream") and hasattr(tokenizer, "backend"):
+        if tokenizer is not None and hasattr(tokenizer, "decode_stream"):  # nanoseek.Tokenizer: `.step(id)`
             self._stream = tokenizer.decode_stream(skip_special_tokens=skip_special_tokens)
 
     def _piece(self, token: int) -> str:
@@ -35,7 +35,7 @@ class Detokenizer:
             return ""
         if self._stream is not None:
             try:
-                return self._stream.step(self.tokenizer.backend, int(token)) or ""
+                return self._stream.step(int(token)) or ""
             except Exception:  # an id outside the vocabulary (padded embedding rows): no text
                 return ""
         self.ids.append(int(token))
