@@ -26,7 +26,6 @@ import re
 import shutil
 import tempfile
 import uuid
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -265,28 +264,40 @@ def _mtp_layers(info: dict[str, _TensorInfo], cfg: ModelConfig) -> int:
 
 
 class _Reader:
-    """Tensors by name from the checkpoint's files, each file opened once (memory-mapped) and closed on exit."""
+    """Tensors by name from the checkpoint's memory-mapped files. A file is opened when first needed and closed
+    as soon as the last of its `wanted` tensors has been read, so the mappings of finished shards are dropped."""
 
-    def __init__(self, info: dict[str, _TensorInfo]):
-        self.info, self._stack, self._open = info, ExitStack(), {}
+    def __init__(self, info: dict[str, _TensorInfo], wanted: list[str]):
+        self.info, self._handles = info, {}
+        self._left: dict[Path, int] = {}
+        for k in wanted:
+            self._left[info[k].file] = self._left.get(info[k].file, 0) + 1
 
     def __enter__(self) -> "_Reader":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stack.close()
+        for h in self._handles.values():
+            h.__exit__(None, None, None)
+        self._handles.clear()
 
     def get(self, name: str) -> torch.Tensor:
         file = self.info[name].file
-        if file not in self._open:
-            self._open[file] = self._stack.enter_context(_open(file))
+        if file not in self._handles:
+            self._handles[file] = _open(file).__enter__()
         try:
-            return self._open[file].get_tensor(name)
+            t = self._handles[file].get_tensor(name)
         except SafetensorError as e:
             raise ValueError(f"{file}: cannot read tensor {name}, corrupt or truncated ({e})") from None
+        self._left[file] = self._left.get(file, 1) - 1
+        if self._left[file] <= 0:
+            self._handles.pop(file).__exit__(None, None, None)
+        return t
 
-    def release(self, file: Path) -> None:  # a shard is done: drop its mapping
-        self._open.pop(file, None)
+
+def with_scales(names: list[str], info: dict[str, _TensorInfo]) -> list[str]:
+    """The tensors to read for `names`: each FP8 weight with its `_scale_inv`."""
+    return names + [k + SCALE_SUFFIX for k in names if info[k].dtype.startswith("F8")]
 
 
 def _plan_load(info: dict[str, _TensorInfo], names: _Names, meta: dict[str, torch.Tensor],
@@ -363,21 +374,17 @@ def load_pretrained(path: str | os.PathLike, dtype: str | torch.dtype | None = N
             buf.zero_()
     state = model.state_dict()
     rope_half = cfg.model_type == "deepseek_v3" and cfg.extra.get("rope_interleave", True) is False
-    by_file: dict[Path, list[str]] = {}
-    for k in todo:
-        by_file.setdefault(info[k].file, []).append(k)
-    with torch.no_grad(), _Reader(info) as reader:
-        for file, keys in by_file.items():
-            for k in keys:
-                t = reader.get(k)
-                if t.dtype == FP8_DTYPE:
-                    t = dequantize_fp8_blockwise(t, reader.get(k + SCALE_SUFFIX), block, torch.float32, k)
-                perm = _rope_row_perm(cfg, k, t.shape[0]) if rope_half else None
-                if perm is not None:
-                    t = t[perm]
-                slot = todo[k]
-                state[slot.param][slot.index].copy_(t)
-            reader.release(file)
+    order = sorted(todo, key=lambda k: str(info[k].file))  # shard by shard
+    with torch.no_grad(), _Reader(info, with_scales(order, info)) as reader:
+        for k in order:
+            t = reader.get(k)
+            if t.dtype == FP8_DTYPE:
+                t = dequantize_fp8_blockwise(t, reader.get(k + SCALE_SUFFIX), block, torch.float32, k)
+            perm = _rope_row_perm(cfg, k, t.shape[0]) if rope_half else None
+            if perm is not None:
+                t = t[perm]
+            slot = todo[k]
+            state[slot.param][slot.index].copy_(t)
     cfg.extra.pop("rope_interleave", None)  # loaded weights are always in the interleaved layout
     return model.eval()
 

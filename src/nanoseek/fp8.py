@@ -119,7 +119,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
     block-wise, their scales dropped, quantization_config removed; the routing bias stays fp32), one output shard
     in memory at a time. Tensor names and every other file (tokenizer, remote code) are kept; the write is atomic."""
     from .checkpoint import (CONFIG_NAME, _atomic_dir, _dtype_name, _Reader, _scan, _write_json, _write_tensors,
-                             read_config, resolve_dtype)
+                             read_config, resolve_dtype, with_scales)
     src = Path(src)
     cfg = read_config(src)
     block = check_quantization_config(cfg.extra.get("quantization_config"), str(src / CONFIG_NAME))
@@ -144,7 +144,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
         config["dtype"] = _dtype_name(dtype)
 
     def fill(out: Path) -> None:
-        with _Reader(info) as reader:
+        with _Reader(info, with_scales(list(out_dtype), info)) as reader:
             def get(k: str) -> torch.Tensor:
                 t = reader.get(k)
                 if t.dtype == FP8_DTYPE:
