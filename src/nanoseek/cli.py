@@ -179,6 +179,26 @@ def _sft(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- generate, chat
+@command("generate", "complete a prompt with a model directory (streamed; --n for several samples)")
+def _generate(p: argparse.ArgumentParser) -> Runner:
+    from .infer.cli import add_engine_args, run_generate
+    add_engine_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt text (token ids with --ids)")
+    p.add_argument("--ids", dest="raw_ids", action="store_true", help="--prompt holds token ids")
+    p.add_argument("--n", type=int, default=1, help="number of completions")
+    p.add_argument("--verbose", action="store_true", help="print the finish reason")
+    return run_generate
+
+
+@command("chat", "interactive chat with a model directory: reasoning shown apart from the answer, multi-turn")
+def _chat(p: argparse.ArgumentParser) -> Runner:
+    from .infer.cli import add_engine_args, run_chat
+    add_engine_args(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    return run_chat
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

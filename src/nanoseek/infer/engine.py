@@ -277,6 +277,7 @@ class LLMEngine:
             self._execute(sched.entries)
         return self._collect()
 
+    @torch.inference_mode()
     def _execute(self, entries: list[Scheduled]) -> None:
         now = time.time()
         self.stats["steps"] += 1
