@@ -124,6 +124,16 @@ def test_routing_bias_and_fused_expert_names(tmp_path):
     assert rel_err(model(x), ref) > 1e-3
 
 
+@torch.no_grad()
+def test_top1_routing_renormalises(tmp_path):
+    """With num_experts_per_tok=1 and norm_topk_prob, the single routing weight is renormalised to 1 (times
+    routed_scaling_factor), as in the official code (always for sigmoid), transformers and vLLM."""
+    hf = hf_model("v3-yarn-groups", seed=9, num_experts_per_tok=1)
+    hf.save_pretrained(tmp_path)
+    x = ids(seed=9)
+    assert rel_err(load_pretrained(tmp_path)(x), hf(x).logits) < 1e-4
+
+
 # ---------------------------------------------------------------------------------------------- RoPE pair layout
 @torch.no_grad()
 def test_rope_pair_layout(tmp_path):

@@ -51,7 +51,7 @@ class Gate(nn.Module):
             choice = grouped.masked_fill(dropped[..., None], float("-inf")).flatten(1)
         indices = choice.topk(self.top_k, dim=-1).indices
         weights = scores.gather(1, indices)
-        if self.norm_topk_prob and self.top_k > 1:
+        if self.norm_topk_prob:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
         return (weights * self.route_scale).to(x.dtype), indices
 
