@@ -114,7 +114,8 @@ class ArithmeticTask(Task):
     reward = "accuracy"
 
     def __init__(self, levels: tuple[ArithmeticLevel, ...] = LEVELS):
-        self.levels = tuple(ArithmeticLevel(*lv) for lv in levels)
+        self.levels = tuple(ArithmeticLevel(lv[0], (lv[1],) if isinstance(lv[1], int) else tuple(lv[1]), lv[2])
+                            for lv in levels)  # digits may be one int for every operand
 
     def sample(self, rng: random.Random, level: int) -> dict[str, Any] | None:
         spec = self.levels[level - 1]
