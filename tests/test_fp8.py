@@ -179,3 +179,28 @@ def test_fp8_errors(fp8_dir, tmp_path):
         (d / "config.json").write_text(json.dumps({**cfg, "quantization_config": qc}))
         with pytest.raises(ValueError, match=msg):
             load_pretrained(d)
+
+
+@torch.no_grad()
+def test_save_fp8_writes_the_official_format(tmp_path):
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(**CFG)).to(torch.bfloat16)
+    save_pretrained(model, tmp_path / "m", fp8=True, max_shard_size="200KB")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["quantization_config"] == fp8_quantization_config() and cfg["torch_dtype"] == "bfloat16"
+    wm = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())["weight_map"]
+    tensors = {}
+    for f in set(wm.values()):
+        tensors.update(load_file(str(tmp_path / "m" / f)))
+    fp8 = {k for k, v in tensors.items() if v.dtype == torch.float8_e4m3fn}
+    assert fp8 == {k for k in tensors if FP8_NAME.fullmatch(k)} and len(fp8) > 20
+    for k in fp8:
+        s = tensors[k + "_scale_inv"]
+        assert s.dtype == torch.float32 and s.shape == tuple(math.ceil(n / 128) for n in tensors[k].shape)
+    back = load_pretrained(tmp_path / "m", dtype=torch.float32)
+    I = CFG["moe_intermediate_size"]
+    want = reference_dequant(*quantize_fp8_blockwise(model.layers[1].ffn.experts.w13[2, I:]))
+    torch.testing.assert_close(back.layers[1].ffn.experts.w13[2, I:], want, rtol=0, atol=0)
+    torch.testing.assert_close(back.mtp[0].eh_proj.weight, model.mtp[0].eh_proj.weight.float(), rtol=0, atol=0)
+    x = torch.randint(0, 256, (1, 12))
+    assert ((back(x) - model.float()(x)).abs().max() / model(x).abs().max()).item() < 0.1  # FP8 is lossy

@@ -21,6 +21,7 @@ main embedding and head: shape-checked and skipped on load, written on save (vLL
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -35,7 +36,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
-from .fp8 import FP8_DTYPE, SCALE_SUFFIX, check_fp8_tensor, check_quantization_config, dequantize_fp8_blockwise
+from .fp8 import (FP8_DTYPE, SCALE_SUFFIX, check_fp8_tensor, check_quantization_config, dequantize_fp8_blockwise,
+                  fp8_quantization_config, quantize_fp8_blockwise, scale_shape)
 from .model import Transformer
 
 CONFIG_NAME = "config.json"
@@ -528,11 +530,29 @@ def config_for_save(cfg: ModelConfig, dtype: torch.dtype, n_mtp: int) -> dict[st
     return d
 
 
+# The linear weights the official FP8 checkpoints store in float8_e4m3fn: every one inside the decoder layers (the
+# MTP block's included); never the router, norms, embeddings, heads or eh_proj.
+_FP8_WEIGHT = re.compile(r"model\.layers\.\d+\.(self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
+                         r"|mlp\.(shared_experts\.|experts\.\d+\.)?(gate_proj|up_proj|down_proj))\.weight")
+
+
+def _unwrap(model: Any) -> Transformer:
+    """The Transformer inside torch.compile / DistributedDataParallel wrappers."""
+    while not isinstance(model, Transformer):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            raise ValueError(f"save_pretrained: expected a nanoseek Transformer, got {type(model).__name__}")
+        model = inner
+    return model
+
+
 def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_size: int | str = "5GB", *,
-                    tokenizer: Any = None) -> Path:
+                    tokenizer: Any = None, fp8: bool = False) -> Path:
     """Write `model` as a Hugging Face checkpoint (official tensor names, MTP at model.layers.{L+k}), atomically.
     tokenizer: a directory to copy tokenizer files from, or an object with save_pretrained(dir). Files other than
-    weights and config.json already in `path` (a tokenizer, say) are kept."""
+    weights and config.json already in `path` (a tokenizer, say) are kept. fp8=True stores the decoder layers'
+    linear weights in the official block-wise FP8 format (e4m3 + weight_scale_inv per 128x128 block)."""
+    model = _unwrap(model)
     cfg = model.config
     n_mtp = len(model.mtp)
     names = _tensor_names(cfg, n_mtp)
@@ -541,13 +561,32 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_size:
     sources = {k: (s.param, s.index) for k, s in names.slots.items()}
     sources.update({k: (src, ()) for k, src in names.copies.items()})
     view = lambda k: state[sources[k][0]][sources[k][1]]  # noqa: E731
-    sizes = [(k, view(k).numel() * view(k).element_size()) for k in sources]
-    dtype = model.embed.weight.dtype
+    sizes: list[tuple[str, int]] = []
+    for k in sources:
+        t = view(k)
+        if fp8 and _FP8_WEIGHT.fullmatch(k):
+            sizes += [(k, t.numel()), (k + SCALE_SUFFIX, 4 * math.prod(scale_shape(t.shape, (128, 128))))]
+        else:
+            sizes.append((k, t.numel() * t.element_size()))
+    quantized: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the last weight quantised, for its scale
+
+    def get(k: str) -> torch.Tensor:
+        base = k.removesuffix(SCALE_SUFFIX)
+        if base not in sources or (base == k and not (fp8 and _FP8_WEIGHT.fullmatch(k))):
+            # A copy per tensor: expert slices share storage, which safetensors refuses; one shard is held.
+            return view(k).detach().to("cpu", copy=True).contiguous()
+        if base not in quantized:
+            quantized.clear()
+            quantized[base] = quantize_fp8_blockwise(view(base).detach().cpu())
+        return quantized[base][0 if base == k else 1]
+
+    config = config_for_save(cfg, model.embed.weight.dtype, n_mtp)
+    if fp8:
+        config["quantization_config"] = fp8_quantization_config()
 
     def fill(out: Path) -> None:
-        # A copy per tensor: expert slices share storage, which safetensors refuses, and only one shard is held.
-        _write_tensors(out, sizes, lambda k: view(k).detach().to("cpu", copy=True).contiguous(), max_shard_size)
-        _write_json(out / CONFIG_NAME, config_for_save(cfg, dtype, n_mtp))
+        _write_tensors(out, sizes, get, max_shard_size)
+        _write_json(out / CONFIG_NAME, config)
         if tokenizer is not None:
             _save_tokenizer(tokenizer, out)
 
