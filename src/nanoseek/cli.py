@@ -199,6 +199,23 @@ def _chat(p: argparse.ArgumentParser) -> Runner:
     return run_chat
 
 
+# ---------------------------------------------------------------------------------------------------- grpo
+@command("grpo", "reasoning RL with rule-based rewards (GRPO, the DeepSeek-R1 recipe) on a task or prompt file")
+def _grpo(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--config", help="TOML or JSON file of GRPO settings")
+    p.set_defaults(_overrides_help="--model DIR, --task NAME or --data FILE.jsonl, --reward accuracy,format, "
+                                   "--reward-weights 1,0.2, --preset paper|modern and --key value for any field "
+                                   "of nanoseek.train.grpo_config.GRPOConfig")
+
+    def run(a: argparse.Namespace) -> int:
+        from .train.config import load_file
+        from .train.grpo import run as grpo_run
+        from .train.grpo_config import build
+        grpo_run(build(load_file(a.config) if a.config else None, a._extra))
+        return 0
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,0 +1,453 @@
+"""`nanoseek grpo`: reasoning RL with rule-based rewards (DeepSeekMath's GRPO, the DeepSeek-R1 recipe).
+
+    nanoseek grpo --model runs/sft/model --task arithmetic --reward accuracy,format --reward-weights 1,0.2
+    nanoseek grpo --model DIR --data prompts.jsonl --preset paper       # rows: prompt|messages + reward fields
+
+One step: `num_prompts` prompts (a built-in task's train split, or the rows of a jsonl file in a seeded order), G =
+`num_generations` completions each, sampled by the inference engine from the live policy (no reload); every reward
+function scores each completion (the prompt's `<think>\\n` pre-fill is put back so the format reward sees the whole
+answer); the weighted sum gives group-relative advantages; then `num_iterations` optimizer steps on the clipped
+objective of `grpo_loss.py`, with a k3 KL to a frozen copy of the starting model when beta != 0. Per step
+metrics.jsonl gets the mean reward per function, accuracy (the task's verifier), frac_reward_zero_std, completion
+length and truncation, KL, clip fractions and entropy; checkpoints resume exactly (the prompts and sampling seeds of
+step s depend only on the seed and s); the final policy is exported to run_dir/model with its tokenizer.
+
+A reward that raises is counted (`reward_errors`) and scores None; a completion whose every reward is None is
+skipped (advantage 0, masked out of the loss). Rows missing a field a reward needs are an error naming the row.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..rewards import required_fields, resolve_reward
+from . import distributed, state
+from .balance import LoadBalancer
+from .grpo_config import GRPOConfig
+from .grpo_loss import grpo_loss, group_advantages
+from .optim import build_optimizer, lr_at
+from .trainer import TrainingError, autocast_dtype
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def load_rows(path: str) -> list[dict[str, Any]]:
+    """Prompt rows of a jsonl file: each a JSON object with `prompt` (text) or `messages` (a chat)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not (isinstance(row.get("prompt"), str) or
+                                                 isinstance(row.get("messages"), list)):
+                raise ValueError(f"{path}:{n}: a row needs a `prompt` string or a `messages` list")
+            row.setdefault("id", f"{os.path.basename(path)}:{n}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no prompt rows")
+    return rows
+
+
+class Prompts:
+    """The prompts of step s, a function of (seed, s) only: a task's train stream, or a file's rows reshuffled each
+    epoch."""
+
+    def __init__(self, cfg: GRPOConfig):
+        self.n, self.seed = cfg.num_prompts, cfg.seed
+        self.task = None
+        self.rows: list[dict[str, Any]] = []
+        if cfg.task:
+            from .. import tasks
+            self.task = tasks.get(cfg.task)
+            self.levels = cfg.level_list() or list(range(1, self.task.num_levels + 1))
+            self._stream = self.task.iter_examples(split="train", level=self.levels, seed=cfg.seed)
+            self._seen: list[dict[str, Any]] = []
+        else:
+            self.rows = load_rows(cfg.data)
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return row["messages"] if isinstance(row.get("messages"), list) else [{"role": "user", "content": row["prompt"]}]
+
+    def batch(self, step: int) -> list[dict[str, Any]]:
+        if self.task is not None:
+            while len(self._seen) < (step + 1) * self.n:
+                self._seen.append(next(self._stream))
+            return self._seen[step * self.n:(step + 1) * self.n]
+        out = []
+        for k in range(step * self.n, (step + 1) * self.n):
+            epoch, i = divmod(k, len(self.rows))
+            order = list(range(len(self.rows)))
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+            out.append(self.rows[order[i]])
+        return out
+
+    def eval_examples(self, n: int) -> list[dict[str, Any]]:
+        """Held-out prompts: the task's test split (never seen in training)."""
+        if self.task is None or n <= 0:
+            return []
+        return self.task.examples(n, split="test", level=self.levels, seed=self.seed)
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], str]:
+    """(prompt ids, pre-fill): the chat template's generation prompt, and the text of a think block it opens
+    (R1's `<think>\\n`) that belongs to the assistant's answer."""
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except ValueError as e:
+        raise ValueError(f"grpo: {e}; the model directory needs a tokenizer_config.json with a chat_template "
+                         f"(nanoseek's tokenizers get the DeepSeek-R1 one)") from None
+    tail = text.rstrip()
+    prefill = text[tail.rfind("<think>"):] if tail.endswith("<think>") else ""
+    return tokenizer.encode(text, add_special_tokens=False), prefill
+
+
+# ------------------------------------------------------------------------------------------------ rollouts
+@dataclass
+class Rollout:
+    token_ids: list[int]
+    truncated: bool  # stopped by max_tokens, not by EOS
+
+
+class EngineSampler:
+    """G completions per prompt from nanoseek's inference engine, bound to the live model (the weights the
+    optimizer just updated; nothing is copied or reloaded)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_model_len: int, max_num_seqs: int):
+        from ..infer import LLM
+        self.llm = LLM(model, tokenizer=tokenizer, max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+
+    def __call__(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float,
+                 top_k: int, seeds: list[int]) -> list[list[Rollout]]:
+        from ..infer import SamplingParams
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                                 seed=s) for s in seeds]
+        outs = self.llm.generate(prompts, params)
+        return [[Rollout(list(c.token_ids), c.finish_reason == "length") for c in o.outputs] for o in outs]
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+class Rewards:
+    """The configured reward functions, their weights, and safe calls (an exception scores None, counted)."""
+
+    def __init__(self, specs: Sequence[str], weights: Sequence[float] | None, log: Callable[[str], None]):
+        self.names = [s.split("(")[0].split(":")[-1] for s in specs]
+        self.fns = [resolve_reward(s) for s in specs]
+        self.weights = list(weights) if weights else [1.0] * len(self.fns)
+        if len(self.weights) != len(self.fns):
+            raise ValueError(f"reward_weights: {len(self.weights)} weights for {len(self.fns)} reward functions")
+        self.log = log
+        self.errors = [0] * len(self.fns)
+
+    def check(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Every row has the fields every reward needs (an error naming the first row that does not)."""
+        for name, fn in zip(self.names, self.fns):
+            need = required_fields(fn)
+            for i, row in enumerate(rows):
+                missing = [f for f in need if f not in row]
+                if missing:
+                    raise ValueError(f"prompt row {i} (id {row.get('id', '?')}): reward {name!r} needs field(s) "
+                                     f"{', '.join(missing)}, which the row lacks")
+
+    def score(self, completion: str, row: dict[str, Any], length: int) -> list[float | None]:
+        fields = {k: v for k, v in row.items() if k != "completion"}
+        fields.setdefault("completion_length", length)
+        out: list[float | None] = []
+        for j, fn in enumerate(self.fns):
+            try:
+                v = fn(completion, **fields)
+                out.append(None if v is None else float(v))
+            except Exception as e:  # a broken reward must not stop the run: skip, count, say so once
+                if self.errors[j] == 0:
+                    self.log(f"grpo: reward {self.names[j]!r} raised {type(e).__name__}: {e} (scored as None; "
+                             f"further errors are only counted in reward_errors)")
+                self.errors[j] += 1
+                out.append(None)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ log-probabilities
+def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, temperature: float,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(x_{t+1} | x_≤t) of logits / temperature, (B, L−1) float32, and the per-position entropy if asked."""
+    logits = model(input_ids)[:, :-1].float() / temperature
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1) - logz
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            p = torch.softmax(logits, dim=-1)
+            ent = logz - (p * logits).sum(-1)
+    return logp, ent
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded prompt+completion ids (B, L) and the mask (B, L−1) of positions that predict a completion
+    token (causal attention: padding at the end changes nothing before it)."""
+    L = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    ids = torch.full((len(prompts), L), pad, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L - 1)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        mask[i, len(p) - 1:len(p) + len(c) - 1] = 1
+    return ids, mask
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+class GRPOTrainer:
+    def __init__(self, cfg: GRPOConfig, model: torch.nn.Module | None = None, tokenizer: Any = None,
+                 sampler: Callable[..., list[list[Rollout]]] | None = None, log: Callable[[str], None] = print):
+        from ..checkpoint import load_pretrained
+        from ..tokenizer import Tokenizer
+        cfg.validate()
+        self.cfg, self.log = cfg, log
+        self.device = distributed.pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model = (model if model is not None else load_pretrained(cfg.model, dtype=torch.float32)).to(self.device)
+        self.tokenizer = tokenizer if tokenizer is not None else Tokenizer.from_pretrained(cfg.model)
+        self.ref = None
+        if cfg.beta != 0:  # frozen reference: the starting policy
+            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.prompts = Prompts(cfg)
+        self.rewards = Rewards(cfg.reward_list(self.prompts.task), cfg.reward_weight_list(), log)
+        self.verifier = resolve_reward(self.prompts.task.reward) if self.prompts.task else None
+        self.rewards.check(self.prompts.rows or self.prompts.batch(0))
+        self.balancer = LoadBalancer(self.model, cfg.bias_update_speed, 0.0)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                         self.device.type)
+        self.amp = autocast_dtype(cfg, self.device)  # type: ignore[arg-type]
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if sampler is None:
+            longest = max(len(render_prompt(self.tokenizer, self.prompts.messages(r))[0])
+                          for r in (self.prompts.rows or self.prompts.batch(0)))
+            max_len = min(self.model.config.max_position_embeddings,
+                          2 * longest + cfg.max_completion_length + 64)
+            sampler = EngineSampler(self.model, self.tokenizer, max_len, cfg.num_prompts * cfg.num_generations)
+        self.sampler = sampler
+        self.step = 0
+        self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+        self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
+
+    # ------------------------------------------------------------------ rollouts and scoring
+    def rollout(self, rows: list[dict[str, Any]], step: int, greedy: bool = False, n: int | None = None
+                ) -> tuple[list[list[int]], list[str], list[Rollout]]:
+        """(prompt ids, pre-fills, rollouts), one entry per completion (prompt-major: G in a row per prompt)."""
+        cfg = self.cfg
+        n = n or cfg.num_generations
+        rendered = [render_prompt(self.tokenizer, self.prompts.messages(r)) for r in rows]
+        seeds = [hash((cfg.seed, step, i)) & 0x7FFF_FFFF for i in range(len(rows))]
+        was_training = self.model.training
+        try:
+            groups = self.sampler([ids for ids, _ in rendered], n, cfg.max_completion_length,
+                                  0.0 if greedy else cfg.temperature, cfg.top_p, cfg.top_k, seeds)
+        finally:
+            self.model.train(was_training)  # the engine switches the model to eval mode
+        prompts, prefills, flat = [], [], []
+        for (ids, prefill), group in zip(rendered, groups):
+            for r in group:
+                prompts.append(ids)
+                prefills.append(prefill)
+                flat.append(r)
+        return prompts, prefills, flat
+
+    def text(self, prefill: str, r: Rollout) -> str:
+        return prefill + self.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def evaluate(self, n: int | None = None) -> float | None:
+        """Held-out pass@1 with greedy decoding on the task's test split (None without a task)."""
+        rows = self.prompts.eval_examples(self.cfg.eval_prompts if n is None else n)
+        if not rows:
+            return None
+        _, prefills, rolls = self.rollout(rows, -1, greedy=True, n=1)
+        scores = [self.verifier(self.text(p, r), **row) for p, r, row in zip(prefills, rolls, rows)]
+        return sum(s or 0.0 for s in scores) / len(scores)
+
+    # ------------------------------------------------------------------ one step
+    def _forward(self, model: torch.nn.Module, ids: torch.Tensor, entropy: bool = False):
+        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
+        with ctx:
+            return token_logprobs(model, ids, self.cfg.temperature, entropy)
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, G = self.cfg, self.cfg.num_generations
+        t0 = time.perf_counter()
+        rows = self.prompts.batch(self.step)
+        prompts, prefills, rolls = self.rollout(rows, self.step)
+        t_roll = time.perf_counter() - t0
+        texts = [self.text(p, r) for p, r in zip(prefills, rolls)]
+        per_fn = torch.tensor([[float("nan") if v is None else v for v in
+                                self.rewards.score(t, rows[i // G], len(r.token_ids))]
+                               for i, (t, r) in enumerate(zip(texts, rolls))], dtype=torch.float32)
+        w = torch.tensor(self.rewards.weights)
+        skipped = per_fn.isnan().all(dim=1)
+        total = (per_fn.nan_to_num(0.0) * w).sum(dim=1)
+        # skipped completions take their group's mean (advantage ~0) and leave the loss
+        grouped = total.masked_fill(skipped, float("nan")).view(-1, G)
+        fill = grouped.nanmean(dim=1, keepdim=True).nan_to_num(0.0).expand_as(grouped)
+        filled = torch.where(grouped.isnan(), fill, grouped).flatten()
+        adv, zero_std = group_advantages(filled, G, cfg.scale_rewards)
+        truncated = torch.tensor([r.truncated for r in rolls])
+        keep = ~skipped & ~(truncated if cfg.mask_truncated_completions else torch.zeros_like(truncated))
+
+        ids, mask = pack(prompts, [r.token_ids for r in rolls], self.pad)
+        mask = mask * keep[:, None].float()
+        ids, mask, adv = ids.to(self.device), mask.to(self.device), adv.to(self.device)
+        n_seq, n_tok = ids.shape[0], float(mask.sum())
+        chunks = [slice(i, i + cfg.micro_batch_size) for i in range(0, n_seq, cfg.micro_batch_size)]
+        with torch.no_grad():
+            old = [self._forward(self.model, ids[c])[0] for c in chunks] if cfg.num_iterations > 1 else None
+            ref = [self._forward(self.ref, ids[c])[0] for c in chunks] if self.ref is not None else None
+        lr = lr_at(self.step, cfg.max_steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        sums: dict[str, float] = {}
+        for it in range(cfg.num_iterations):
+            for k, c in enumerate(chunks):
+                self.balancer.begin_forward(ids[c].shape[0])
+                logp, ent = self._forward(self.model, ids[c], entropy=it == 0)
+                loss, st = grpo_loss(logp, adv[c], mask[c], old_logp=None if old is None else old[k],
+                                     ref_logp=None if ref is None else ref[k], beta=cfg.beta, epsilon=cfg.epsilon,
+                                     epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                                     max_completion_length=cfg.max_completion_length, num_sequences=n_seq,
+                                     num_tokens=n_tok)
+                loss.backward()
+                share = float(mask[c].sum()) / max(n_tok, 1.0) / cfg.num_iterations  # token-weighted means
+                vals = {"loss": float(loss.detach()) / cfg.num_iterations, "clip_ratio": float(st.clip_region) * share,
+                        "clip_low": float(st.clip_low) * share, "clip_high": float(st.clip_high) * share}
+                if st.kl is not None:
+                    vals["kl"] = float(st.kl) * share
+                if ent is not None:
+                    vals["entropy"] = float((ent * mask[c]).sum()) / max(n_tok, 1.0)
+                for key, v in vals.items():
+                    sums[key] = sums.get(key, 0.0) + v
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise TrainingError(f"non-finite gradient norm at GRPO step {self.step}; the last checkpoint in "
+                                    f"{self.ckpt_dir} is intact (lower --lr)")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        load = self.balancer.step()
+        self.step += 1
+
+        lengths = torch.tensor([len(r.token_ids) for r in rolls], dtype=torch.float32)
+        valid = ~skipped
+        m: dict[str, Any] = {"step": self.step, "reward": float(total[valid].mean()) if valid.any() else None,
+                             "reward_std": float(filled.view(-1, G).std(dim=1).mean()) if G > 1 else 0.0}
+        for j, name in enumerate(self.rewards.names):
+            col = per_fn[:, j]
+            m[f"rewards/{name}"] = float(col.nanmean()) if not col.isnan().all() else None
+        if self.verifier is not None:
+            m["accuracy"] = sum(self.verifier(t, **rows[i // G]) or 0.0 for i, t in enumerate(texts)) / len(texts)
+        m.update(frac_reward_zero_std=float(zero_std.float().mean()), completion_length=float(lengths.mean()),
+                 completion_length_max=float(lengths.max()), truncated_frac=float(truncated.float().mean()),
+                 skipped=int(skipped.sum()), reward_errors=sum(self.rewards.errors), **sums, lr=lr,
+                 grad_norm=float(grad_norm), rollout_s=t_roll, step_s=time.perf_counter() - t0)
+        if load:
+            m["load"] = {k: round(v["max_over_mean"], 4) for k, v in load.items()}
+        m["_sample"] = {"prompt": self.prompts.messages(rows[0])[-1]["content"], "completion": texts[0],
+                        "reward": float(total[0])}
+        return m
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> str:
+        return state.save(self.ckpt_dir, self.step, {"model": self.model.state_dict(),
+                                                     "optimizer": self.optimizer.state_dict(),
+                                                     "config": self.cfg.to_dict()}, self.cfg.keep_checkpoints)
+
+    def resume(self) -> bool:
+        found = state.checkpoints(self.ckpt_dir)
+        if not found:
+            return False
+        ckpt = state.load(found[-1][1])
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        state.set_rng_state(ckpt["rng"])
+        self.step = ckpt["step"]
+        self.log(f"resumed from {found[-1][1]} at step {self.step}")
+        return True
+
+    def _write(self, path: str, row: dict[str, Any]) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        if cfg.resume:
+            self.resume()
+        elif os.path.exists(self.metrics_path):
+            os.remove(self.metrics_path)
+        self.model.train()
+        summary: dict[str, Any] = {}
+        if self.step == 0 and cfg.eval_prompts > 0:
+            summary["eval_accuracy_start"] = self.evaluate()
+            if summary["eval_accuracy_start"] is not None:
+                self._write(self.metrics_path, {"step": 0, "eval_accuracy": summary["eval_accuracy_start"]})
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
+        done, rewards = 0, []
+        while self.step < cfg.max_steps and (stop_after is None or done < stop_after):
+            m = self.train_step()
+            done += 1
+            sample = m.pop("_sample")
+            if cfg.eval_prompts > 0 and (self.step == cfg.max_steps or
+                                         (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                m["eval_accuracy"] = self.evaluate()
+            self._write(self.metrics_path, m)
+            if self.step % cfg.log_every == 0:
+                self._write(os.path.join(cfg.run_dir, "samples.jsonl"), {"step": self.step, **sample})
+            rewards.append(m["reward"])
+            if bar is not None:
+                post = {"reward": f"{m['reward']:.3f}" if m["reward"] is not None else "-"}
+                if "accuracy" in m:
+                    post["acc"] = f"{m['accuracy']:.2f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+            summary["eval_accuracy"] = m.get("eval_accuracy", summary.get("eval_accuracy"))
+        if bar is not None:
+            bar.close()
+        summary.update(step=self.step, rewards=rewards)
+        return summary
+
+    def export(self, out_dir: str | None = None) -> str:
+        from ..checkpoint import save_pretrained
+        out = out_dir or os.path.join(self.cfg.run_dir, "model")
+        save_pretrained(self.model, out, tokenizer=self.tokenizer)
+        return out
+
+
+def run(cfg: GRPOConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    with open(os.path.join(cfg.run_dir, "grpo_config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+    trainer = GRPOTrainer(cfg, log=log)
+    log(f"grpo: {cfg.model}, {'task ' + cfg.task if cfg.task else cfg.data}; rewards "
+        f"{', '.join(f'{n}×{w:g}' for n, w in zip(trainer.rewards.names, trainer.rewards.weights))}; "
+        f"{cfg.num_prompts} prompts × G={cfg.num_generations}, loss {cfg.loss_type}, beta {cfg.beta}, "
+        f"scale_rewards {cfg.scale_rewards}, num_iterations {cfg.num_iterations}")
+    summary = trainer.fit()
+    if summary.get("eval_accuracy_start") is not None:
+        log(f"held-out pass@1 (greedy, {cfg.eval_prompts} test prompts): {summary['eval_accuracy_start']:.3f} -> "
+            f"{summary['eval_accuracy']:.3f}")
+    if cfg.export:
+        summary["model_dir"] = trainer.export()
+        log(f"model exported to {summary['model_dir']}")
+    return summary

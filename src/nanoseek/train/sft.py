@@ -1,0 +1,183 @@
+"""`nanoseek sft`: chat supervised fine-tuning on the pretraining loop.
+
+    nanoseek sft --model runs/train/model --data chats.jsonl        # chat `messages`, `reasoning_content` allowed
+    nanoseek sft --model runs/train/model --task arithmetic         # built-in worked solutions, offline
+
+The jsonl is tokenized with the model directory's tokenizer and chat template into the run directory
+(`run_dir/data/<name>`), conversations are packed into rows, the loss is on assistant tokens only (labels -100
+elsewhere; the reasoning trace of the last assistant message is a target, see `nanoseek.data.encode_chat`), and the
+Trainer of pretraining does the rest: checkpoints and exact resume, metrics.jsonl, validation loss. The result is
+exported to `run_dir/model` with its tokenizer, ready for `nanoseek.LLM`, GRPO or another SFT.
+
+Fine-tuning starts from the model directory's weights; `--model PRESET` with `--tokenizer DIR` trains from scratch.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..data import CORPORA, DataError, TokenDataset, iter_packed, prepare, read_manifest
+from ..data.prepare import atomic_write
+from . import distributed
+from .config import TrainConfig
+from .data import unigram_entropy
+from .trainer import Batch, Data, Trainer
+
+# Fine-tuning settings that differ from pretraining's defaults (a config file and --key value override them).
+SFT_DEFAULTS: dict[str, Any] = {
+    "data": "", "run_dir": "runs/sft", "max_steps": 200, "lr": 3e-4, "schedule": "cosine", "warmup_steps": 10,
+    "min_lr_ratio": 0.1, "weight_decay": 0.0, "batch_size": 8, "seq_len": 512, "eval_every": 50, "ckpt_every": 50,
+    "log_every": 10, "eval_batches": 4,
+}
+
+
+def has_weights(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and (any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").exists())
+
+
+def tokenizer_dir(cfg: TrainConfig) -> str:
+    """The tokenizer SFT renders chats with: --tokenizer, else the model directory's own."""
+    for d in (cfg.tokenizer, cfg.model):
+        if d and os.path.isfile(os.path.join(d, "tokenizer.json")):
+            return d
+    if cfg.tokenizer:
+        raise FileNotFoundError(f"no tokenizer.json in {cfg.tokenizer}")
+    raise FileNotFoundError(f"model {cfg.model!r} has no tokenizer.json: pass --tokenizer DIR (SFT renders chats "
+                            f"with the tokenizer's chat template)")
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Rows as JSON lines, written atomically (a crash leaves the old file or the whole new one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+    return path
+
+
+def task_sft_rows(task: str, n: int, levels: Sequence[int] | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` worked solutions of a built-in task's train split as chat rows (reasoning in `reasoning_content`)."""
+    from .. import tasks
+    t = tasks.get(task)
+    lv = list(levels) if levels else list(range(1, t.num_levels + 1))
+    rows = []
+    for ex in t.examples(n, split="train", level=lv, seed=seed):
+        rows.append({"messages": t.sft_messages(ex, reasoning_content=True), "id": ex["id"], "level": ex["level"]})
+    return rows
+
+
+def resolve_inputs(cfg: TrainConfig, task: str | None, task_examples: int, task_levels: Sequence[int] | None
+                   ) -> tuple[list[str] | str, str]:
+    """(what to prepare: jsonl files or an already prepared directory, its name in run_dir/data)."""
+    if task:
+        if cfg.data:
+            raise ValueError("sft: give --data or --task, not both")
+        name = f"task-{task}"
+        path = os.path.join(cfg.run_dir, "data", f"{name}.jsonl")
+        if not os.path.exists(path):
+            write_jsonl(path, task_sft_rows(task, task_examples, task_levels, cfg.seed))
+        return [path], name
+    if not cfg.data or cfg.data in CORPORA:
+        raise ValueError("sft needs --data FILE.jsonl (chat `messages`), a prepared data directory, or "
+                         "--task NAME (built-in worked solutions)")
+    if os.path.isfile(os.path.join(cfg.data, "manifest.json")):
+        return cfg.data, ""
+    files = [f for f in cfg.data.split(",") if f]
+    for f in files:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"sft data file {f} not found")
+    return files, Path(files[0]).stem
+
+
+def sft_data(cfg: TrainConfig, env: distributed.DistEnv, global_batch: int, task: str | None = None,
+             task_examples: int = 2000, task_levels: Sequence[int] | None = None,
+             log: Callable[[str], None] = print) -> Data:
+    tok_dir = tokenizer_dir(cfg)
+    inputs, name = resolve_inputs(cfg, task, task_examples, task_levels)
+    if isinstance(inputs, str):
+        data_dir = inputs
+        read_manifest(data_dir)
+    else:
+        data_dir = os.path.join(cfg.run_dir, "data", name)
+        if env.is_main:
+            manifest = prepare(inputs, tok_dir, data_dir, progress=cfg.progress)
+            if not manifest["loss_mask"]:
+                raise DataError(f"{', '.join(inputs)}: no chat `messages` rows; SFT needs conversations "
+                                "(plain `text` rows are pretraining data: use `nanoseek train`)")
+        distributed.barrier(env)
+    train = TokenDataset(data_dir, "train")
+    pad = train.manifest["tokenizer"]["eos_token_id"]
+    try:
+        val: TokenDataset | None = TokenDataset(data_dir, "validation")
+    except DataError:
+        val = None
+        if env.is_main:
+            warnings.warn(f"{data_dir}: no validation conversations (too little data for the 5% split); "
+                          "val_loss is measured on training conversations", stacklevel=2)
+
+    def train_batches(start: int) -> Iterator[Batch]:
+        return train.sft_batches(global_batch, cfg.seq_len, seed=cfg.seed, start_step=start)
+
+    def val_batches() -> Iterator[Batch]:
+        ds = val or train
+        rows = iter_packed((ds.document(i) for i in range(ds.num_documents)), cfg.seq_len, pad)
+        while True:
+            chunk = list(itertools.islice(rows, cfg.batch_size))
+            if not chunk:
+                return
+            yield torch.from_numpy(np.stack([r[0] for r in chunk])), torch.from_numpy(np.stack([r[1] for r in chunk]))
+
+    def limited_val() -> Iterator[Batch]:
+        return itertools.islice(val_batches(), cfg.eval_batches)
+
+    return Data(train_batches, limited_val, train.vocab_size, unigram_entropy(train), tok_dir,
+                {"data_dir": data_dir, "train_tokens": train.num_tokens, "conversations": train.num_documents})
+
+
+def load_model(cfg: TrainConfig) -> torch.nn.Module | None:
+    """The model directory's weights (fine-tuning), or None for a preset / config-only directory (from scratch)."""
+    if not has_weights(cfg.model):
+        return None
+    if cfg.model_overrides or cfg.dense:
+        raise ValueError(f"sft: --model.<field> and --dense change the architecture; they cannot apply to the "
+                         f"pretrained weights in {cfg.model}")
+    from ..checkpoint import load_pretrained
+    return load_pretrained(cfg.model, dtype=torch.float32).train()
+
+
+def run(cfg: TrainConfig, task: str | None = None, task_examples: int = 2000,
+        task_levels: Sequence[int] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from .pretrain import export
+    env = distributed.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        if env.is_main:
+            os.makedirs(cfg.run_dir, exist_ok=True)
+            with open(os.path.join(cfg.run_dir, "train_config.json"), "w", encoding="utf-8") as f:
+                json.dump({**cfg.to_dict(), "stage": "sft", "task": task}, f, indent=2)
+        data = sft_data(cfg, env, cfg.global_batch(env.world_size), task, task_examples, task_levels, log)
+        model = load_model(cfg)
+        if model is not None and data.vocab_size > model.config.vocab_size:
+            raise ValueError(f"the tokenizer has {data.vocab_size} tokens but the model {cfg.model} has "
+                             f"vocab_size {model.config.vocab_size}")
+        trainer = Trainer(cfg, data, env, model=model, log=log if env.is_main else (lambda s: None))
+        if env.is_main:
+            start = f"fine-tuning {cfg.model}" if model is not None else f"training {cfg.model} from scratch"
+            log(f"sft: {start}; {data.info['conversations']:,} conversations, {data.info['train_tokens']:,} "
+                f"tokens in {data.info['data_dir']}; global batch {trainer.global_batch} x {cfg.seq_len}")
+        summary = trainer.fit()
+        if cfg.export and env.is_main:
+            summary["model_dir"] = export(trainer, data.tokenizer_dir, os.path.join(cfg.run_dir, "model"))
+            log(f"validation loss {summary['val_loss']:.4f}; model exported to {summary['model_dir']}")
+        distributed.barrier(env)
+        return summary
+    finally:
+        distributed.teardown(env)
