@@ -59,9 +59,11 @@ def dequantize_fp8_blockwise(w_q: torch.Tensor, scale_inv: torch.Tensor, block: 
     if tuple(scale_inv.shape) != expected:
         raise ValueError(f"{name}{SCALE_SUFFIX}: shape {tuple(scale_inv.shape)} does not match weight "
                          f"{tuple(w_q.shape)} with {bo}x{bi} blocks (expected {expected})")
-    out, inn = w_q.shape
-    s = scale_inv.float().repeat_interleave(bo, dim=0)[:out].repeat_interleave(bi, dim=1)[:, :inn]
-    return (w_q.float() * s).to(dtype)
+    inn = w_q.shape[1]
+    w = w_q.to(torch.float32)
+    for i, row in enumerate(scale_inv.float()):  # one band of rows at a time: no full-size scale tensor
+        w[i * bo:(i + 1) * bo].mul_(row.repeat_interleave(bi)[:inn])
+    return w.to(dtype)
 
 
 def check_quantization_config(qc: Any, where: str) -> tuple[int, int] | None:
