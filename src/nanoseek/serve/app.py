@@ -1,0 +1,349 @@
+"""The FastAPI app: OpenAI/DeepSeek-compatible endpoints over one engine, plus /health, /metrics and the chat page.
+
+    app = create_app(nanoseek.LLM("model_dir"), ServeConfig(served_model_name="nanoseek"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)              # or `nanoseek serve model_dir`
+
+Every caller mistake is answered in OpenAI's error shape with the right status (400 bad JSON / types / roles /
+context overflow, 401 key, 404 model or route, 405 method, 413 body size, 429/503 + Retry-After when full or
+stopping); a server fault is a 500 in the same shape without a traceback. The server keeps serving after each.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..infer.sampling import SamplingParams
+from ..reasoning import ReasoningParser
+from . import handlers as h
+from .metrics import Metrics
+from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_messages, context_overflow,
+                       error_body, model_card, new_id, now, parse)
+from .worker import EngineError, EngineWorker
+
+log = logging.getLogger("nanoseek.serve")
+
+# chat_template_kwargs may set template variables (e.g. `thinking`), never apply_chat_template's own arguments
+_RESERVED_TEMPLATE_KWARGS = {"messages", "tools", "documents", "add_generation_prompt", "tokenize",
+                             "continue_final_message", "chat_template", "bos_token", "eos_token", "pad_token",
+                             "unk_token"}
+
+
+@dataclass
+class ServeConfig:
+    served_model_name: str = "nanoseek"
+    api_key: str | None = None
+    max_queue: int = 256  # sequences that may wait beyond a full batch; more are refused with 429
+    max_body_bytes: int = 4 << 20
+    reasoning_parser: bool = True  # split `<think>...</think>` into reasoning_content
+    keepalive_s: float = 15.0  # SSE `: keep-alive` comment after this long without output
+    drain_timeout_s: float = 10.0  # on shutdown, in-flight requests get this long to finish before an abort
+
+
+class _Stream(StreamingResponse):
+    """An SSE response that aborts its engine requests however it ends (done, client gone, server cancelled)."""
+
+    def __init__(self, content: Any, handle: Any):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.handle = handle
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.handle.abort()
+
+
+class _CountRequests:
+    """ASGI middleware: counts answered requests by endpoint and status for /metrics."""
+
+    def __init__(self, app: Any, metrics: Metrics, endpoints: set[str]):
+        self.app, self.metrics, self.endpoints = app, metrics, endpoints
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in self.endpoints else "/v1/models/{model}" if path.startswith("/v1/models/") \
+            else "other"
+        status = {"code": 499}  # nginx's "client closed request" when no response started
+
+        async def send_counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:
+            if status["code"] == 499:
+                status["code"] = 500  # the error handler's answer is sent outside this middleware
+            raise
+        finally:
+            self.metrics.count_request(endpoint, status["code"])
+
+
+def _load_page() -> str:
+    return resources.files("nanoseek.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON: 413 past `limit` bytes (read no further than a bounded drain), 400 if not JSON."""
+    length = request.headers.get("content-length")
+    too_big = APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise APIError(400, "Invalid Content-Length header.") from None
+        if declared > limit:
+            if declared <= 8 * limit:  # read and drop it, so the client sees the 413 rather than a reset
+                async for _ in request.stream():
+                    pass
+            raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    if not body:
+        raise APIError(400, "We could not parse the JSON body of your request: the body is empty. (HINT: send "
+                            "a JSON object with Content-Type: application/json.)")
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+    try:
+        return json.loads(bytes(body), parse_constant=no_constants)
+    except (ValueError, RecursionError) as e:
+        raise APIError(400, f"We could not parse the JSON body of your request. ({type(e).__name__}: "
+                            f"{str(e)[:200]}) (HINT: this likely means you aren't using your HTTP library "
+                            "correctly. The OpenAI API expects a JSON payload.)") from None
+
+
+def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
+    """The app over `llm` (a nanoseek.LLM). The engine thread starts with the app's lifespan and stops (draining
+    in-flight requests) when the server shuts down."""
+    cfg = config or ServeConfig()
+    engine = llm.engine
+    tok = engine.tokenizer
+    metrics = Metrics(cfg.served_model_name)
+    worker = EngineWorker(engine, metrics, max_queue=cfg.max_queue)
+    created = now()
+    think_ids = engine.think_ids
+    api_key = cfg.api_key.encode() if cfg.api_key else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        log.info("serving %s (max_model_len %d, max_num_seqs %d, max_queue %d)", cfg.served_model_name,
+                 engine.max_model_len, worker.max_num_seqs, cfg.max_queue)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(worker.shutdown, cfg.drain_timeout_s)
+
+    app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+    app.state.metrics = metrics
+    app.state.config = cfg
+    app.state.llm = llm
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 404:
+            msg, code = f"Invalid URL ({request.method} {request.url.path})", "unknown_url"
+        elif e.status_code == 405:
+            msg, code = f"Method {request.method} is not allowed for {request.url.path}", "method_not_allowed"
+        else:
+            msg, code = str(e.detail), None
+        return JSONResponse(error_body(msg, "invalid_request_error", None, code), status_code=e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(f"invalid request: {e.errors()[0].get('msg')}", "invalid_request_error"),
+                            status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("The server had an error while processing your request.", "server_error",
+                                       None, "internal_error"), status_code=500)
+
+    def check_auth(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise APIError(401, "You didn't provide an API key. You need to provide your API key in an "
+                                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.strip().encode(), api_key):  # constant time: no timing oracle
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != cfg.served_model_name:
+            raise APIError(404, f"The model `{name}` does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+
+    def budget(n_prompt: int, requested: int | None, what: str) -> int:
+        """max_tokens for the engine: what was asked if it fits, else the rest of the context."""
+        max_len = engine.max_model_len
+        if n_prompt >= max_len:
+            raise context_overflow(max_len, n_prompt, requested, what)
+        if requested is None:
+            return max_len - n_prompt
+        if n_prompt + requested > max_len:
+            raise context_overflow(max_len, n_prompt, requested, what)
+        return requested
+
+    def params(req: Any, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        if req.n > worker.max_num_seqs:
+            raise APIError(400, f"n: at most {worker.max_num_seqs} choices per request on this server", param="n")
+        try:
+            return SamplingParams(n=req.n, max_tokens=max_tokens, logprobs=logprobs, **req.sampling_kwargs())
+        except ValueError as e:
+            msg = str(e).removeprefix("SamplingParams.")
+            raise APIError(400, msg, param=msg.split(":")[0]) from None
+
+    def job(handle: Any, prefix: str, req: Any, n_prompt: int, logprobs: int | None, **kw: Any) -> h.Job:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return h.Job(handle, new_id(prefix), now(), cfg.served_model_name, req.n, n_prompt, logprobs, tok,
+                     think_ids=think_ids, include_usage=include_usage, keepalive_s=cfg.keepalive_s, **kw)
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(_load_page())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if worker.healthy and worker.accepting:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        check_auth(request)
+        return JSONResponse({"object": "list",
+                             "data": [model_card(cfg.served_model_name, created, engine.max_model_len)]})
+
+    @app.get("/v1/models/{model:path}")
+    async def model(request: Request, model: str) -> JSONResponse:
+        check_auth(request)
+        check_model(model)
+        return JSONResponse(model_card(cfg.served_model_name, created, engine.max_model_len))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        check_auth(request)
+        req = parse(ChatCompletionRequest, await read_json(request, cfg.max_body_bytes))
+        req.check()
+        check_model(req.model)
+        if tok is None:
+            raise APIError(400, "This model has no tokenizer, so no chat template: use /v1/completions with "
+                                "token ids.")
+        messages = chat_messages(req)
+        kwargs = dict(req.chat_template_kwargs or {})
+        bad = sorted(k for k in kwargs if k in _RESERVED_TEMPLATE_KWARGS or not str(k).isidentifier())
+        if bad:
+            raise APIError(400, f"chat_template_kwargs: {bad[0]!r} cannot be set", param="chat_template_kwargs")
+        try:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
+        except ValueError as e:
+            raise APIError(400, f"messages: {e}", param="messages") from None
+        ids = tok.encode(text, add_special_tokens=False)
+        sp = params(req, budget(len(ids), req.completion_limit, "messages"), req.num_logprobs)
+        parser = ReasoningParser.for_prompt(text) if cfg.reasoning_parser else None
+        handle = worker.submit([({"prompt": text, "prompt_token_ids": ids}, sp)], asyncio.get_running_loop())
+        metrics.add_prompt_tokens(len(ids))
+        j = job(handle, "chatcmpl", req, len(ids), req.num_logprobs, parser=parser)
+        if req.stream:
+            return _Stream(h.chat_stream(j), handle)
+        return await finish(request, j, req.n, h.chat_response)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        check_auth(request)
+        req = parse(CompletionRequest, await read_json(request, cfg.max_body_bytes))
+        req.check()
+        check_model(req.model)
+        prompts = req.prompts()
+        if len(prompts) * req.n > worker.max_num_seqs:
+            raise APIError(400, f"prompt: {len(prompts)} prompts x n={req.n} exceed the {worker.max_num_seqs} "
+                                "sequences this server runs at once", param="prompt")
+        items, texts, total = [], [], 0
+        for p in prompts:
+            if isinstance(p, str):
+                if tok is None:
+                    raise APIError(400, "prompt: this model has no tokenizer; send token ids", param="prompt")
+                ids = tok.encode(p)
+                texts.append(p)
+            else:
+                ids = p
+                texts.append(tok.decode(p) if tok is not None and req.echo else "")
+            if not ids:
+                raise APIError(400, "prompt: must not be empty", param="prompt")
+            sp = params(req, budget(len(ids), req.max_tokens, "prompt"), req.logprobs)
+            items.append(({"prompt": p if isinstance(p, str) else None, "prompt_token_ids": list(ids)}, sp))
+            total += len(ids)
+        handle = worker.submit(items, asyncio.get_running_loop())
+        metrics.add_prompt_tokens(total)
+        j = job(handle, "cmpl", req, total, req.logprobs, echo=texts if req.echo else None)
+        if req.stream:
+            return _Stream(h.completion_stream(j, len(prompts) * req.n), handle)
+        return await finish(request, j, len(prompts) * req.n, h.completion_response)
+
+    async def finish(request: Request, j: h.Job, n_choices: int, build: Any) -> Response:
+        try:
+            states = await h.drain_unless_disconnected(j, n_choices, request.receive)
+        except EngineError as e:
+            raise APIError(500, str(e), code="engine_error") from None
+        if states is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return JSONResponse(build(j, states))
+
+    endpoints = {r.path for r in app.routes if hasattr(r, "path")}
+    app.add_middleware(_CountRequests, metrics=metrics, endpoints=endpoints)
+    return app
+
+
+def default_model_name(model_dir: str) -> str:
+    return os.path.basename(os.path.normpath(model_dir)) or "nanoseek"
+
+
+def run_server(llm: Any, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
+               shutdown_timeout_s: float = 30.0, log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM; then uvicorn stops accepting, waits up to `shutdown_timeout_s` for open
+    responses, and the engine thread drains or aborts what is left."""
+    import uvicorn
+    t0 = time.perf_counter()
+    app = create_app(llm, config)
+    uv = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s,
+                        limit_concurrency=None, access_log=log_level == "debug")
+    log.info("app ready in %.2fs", time.perf_counter() - t0)
+    uvicorn.Server(uv).run()
