@@ -199,6 +199,14 @@ def _chat(p: argparse.ArgumentParser) -> Runner:
     return run_chat
 
 
+# ---------------------------------------------------------------------------------------------------- serve
+@command("serve", "OpenAI/DeepSeek-compatible HTTP server for a model directory, with a chat page at /")
+def _serve(p: argparse.ArgumentParser) -> Runner:
+    from .serve.cli import add_serve_args, run_serve
+    add_serve_args(p)
+    return run_serve
+
+
 # ---------------------------------------------------------------------------------------------------- grpo
 @command("grpo", "reasoning RL with rule-based rewards (GRPO, the DeepSeek-R1 recipe) on a task or prompt file")
 def _grpo(p: argparse.ArgumentParser) -> Runner:

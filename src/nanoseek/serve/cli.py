@@ -1,0 +1,57 @@
+"""What `nanoseek serve` runs: its arguments and the start-up (engine, app, uvicorn)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+log = logging.getLogger("nanoseek.serve")
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model directory (Hugging Face layout, with tokenizer files)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("NANOSEEK_API_KEY"),
+                   help="require `Authorization: Bearer KEY` on /v1 (default: $NANOSEEK_API_KEY, else none)")
+    p.add_argument("--served-model-name", default=None, help="the model id clients ask for (default: dir name)")
+    p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
+    p.add_argument("--max-queue", type=int, default=128,
+                   help="sequences that may wait beyond a full batch; more are answered 429 + Retry-After")
+    p.add_argument("--max-model-len", type=int, default=None, help="prompt + completion limit")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step")
+    p.add_argument("--cache-budget", default=None, help="bytes for the KV cache, e.g. 512MiB")
+    p.add_argument("--speculative", type=int, default=0, metavar="K", help="MTP draft tokens per step (0 = off)")
+    p.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: the checkpoint's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--num-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--max-request-bytes", type=int, default=4 << 20, help="request body limit (413 beyond)")
+    p.add_argument("--reasoning-parser", default="deepseek_r1", choices=["deepseek_r1", "none"],
+                   help="split <think>...</think> into reasoning_content (deepseek_r1) or leave it in content")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGINT/SIGTERM before they are cancelled")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run_serve(a: argparse.Namespace) -> int:
+    import torch
+
+    from ..infer.llm import LLM
+    from .app import ServeConfig, default_model_name, run_server
+    logging.basicConfig(level=a.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    for name, v, lo in (("--port", a.port, 0), ("--max-num-seqs", a.max_num_seqs, 1), ("--max-queue", a.max_queue, 0),
+                        ("--max-request-bytes", a.max_request_bytes, 1)):
+        if v < lo or name == "--port" and v > 65535:
+            raise ValueError(f"{name}: out of range (got {v})")
+    if a.num_threads is not None:
+        torch.set_num_threads(a.num_threads)
+    if not a.api_key and a.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without --api-key: anyone who can reach it can use it", a.host)
+    llm = LLM(a.model, max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+              cache_budget=a.cache_budget, max_model_len=a.max_model_len, speculative=a.speculative or None,
+              dtype=a.dtype, device=a.device)
+    cfg = ServeConfig(served_model_name=a.served_model_name or default_model_name(a.model), api_key=a.api_key,
+                      max_queue=a.max_queue, max_body_bytes=a.max_request_bytes,
+                      reasoning_parser=a.reasoning_parser != "none", drain_timeout_s=min(10.0, a.shutdown_timeout))
+    run_server(llm, cfg, a.host, a.port, shutdown_timeout_s=a.shutdown_timeout, log_level=a.log_level)
+    return 0
