@@ -224,6 +224,15 @@ def _grpo(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- eval, report
+@command("eval", "evaluate a model directory: perplexity / bits per byte on text, accuracy, pass@k and maj@k on "
+                 "built-in tasks and question/answer jsonl")
+def _eval(p: argparse.ArgumentParser) -> Runner:
+    from .evaluate.cli import add_eval_args, run_eval
+    add_eval_args(p)
+    return run_eval
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
