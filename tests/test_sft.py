@@ -76,3 +76,54 @@ def test_packed_labels_cover_only_assistant_tokens(tok):
     labels = [int(t) for t in y.flatten() if t != IGNORE_INDEX]
     assert tok.decode(labels) == "".join(trained_text(tok, e) for e in examples)
     assert "What is" not in tok.decode(labels) and "<｜User｜>" not in tok.decode(labels)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def run_args(tmp_path, *extra):
+    return ["sft", "--max_steps", "6", "--seq_len", "96", "--batch_size", "4", "--eval_every", "3",
+            "--ckpt_every", "3", "--eval_batches", "2", "--run_dir", str(tmp_path), "--progress", "false",
+            "--threads", "1", "--lr", "3e-3", "--warmup_steps", "1", *extra]
+
+
+def test_sft_command_on_a_builtin_task(model_dir, tmp_path):
+    assert main(run_args(tmp_path, "--model", model_dir, "--task", "arithmetic", "--task-examples", "200",
+                         "--task-levels", "1,2")) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 7)) and "val_loss" in rows[-1]
+    assert rows[-1]["ce"] < rows[0]["ce"]  # fine-tuning from the pretrained weights learns
+    out = tmp_path / "model"
+    assert (out / "tokenizer.json").exists() and (out / "config.json").exists()
+    tuned, base = load_pretrained(out), load_pretrained(model_dir)
+    assert not torch.equal(tuned.head.weight, base.head.weight)  # started from the base weights, then moved
+    assert Tokenizer.from_pretrained(out).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    # the data were written as chat jsonl with reasoning_content and prepared into the run directory
+    first = json.loads(open(tmp_path / "data" / "task-arithmetic.jsonl").readline())
+    assert first["messages"][1]["reasoning_content"] and (tmp_path / "data" / "task-arithmetic" / "manifest.json").exists()
+    # resume continues from the last checkpoint to a longer horizon
+    assert main(run_args(tmp_path, "--model", model_dir, "--task", "arithmetic", "--task-examples", "200",
+                         "--task-levels", "1,2", "--max_steps", "8", "--resume", "true")) == 0
+    assert json.loads(open(tmp_path / "metrics.jsonl").readlines()[-1])["step"] == 8
+
+
+def test_sft_command_on_chat_jsonl_and_bad_input(model_dir, tmp_path, capsys):
+    chats = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i}+{i}?"},
+                          {"role": "assistant", "content": f"\\boxed{{{2 * i}}}", "reasoning_content": f"{i}+{i}={2 * i}"}]}
+            for i in range(40)]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(run_args(tmp_path / "a", "--model", model_dir, "--data", str(chats), "--max_steps", "2")) == 0
+    assert (tmp_path / "a" / "model" / "model.safetensors").exists()
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": "plain pretraining text"}) + "\n")
+    assert main(run_args(tmp_path / "b", "--model", model_dir, "--data", str(text))) == 2
+    assert "no chat `messages` rows" in capsys.readouterr().err
+    assert main(run_args(tmp_path / "c", "--model", model_dir)) == 2
+    assert "sft needs --data" in capsys.readouterr().err
+    assert main(run_args(tmp_path / "d", "--model", model_dir, "--data", str(tmp_path / "missing.jsonl"))) == 2
+    assert "missing.jsonl not found" in capsys.readouterr().err

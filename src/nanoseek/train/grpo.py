@@ -211,6 +211,8 @@ class GRPOTrainer:
         from ..tokenizer import Tokenizer
         cfg.validate()
         self.cfg, self.log = cfg, log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.device = distributed.pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.model = (model if model is not None else load_pretrained(cfg.model, dtype=torch.float32)).to(self.device)
@@ -433,8 +435,6 @@ class GRPOTrainer:
 
 
 def run(cfg: GRPOConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     os.makedirs(cfg.run_dir, exist_ok=True)
     with open(os.path.join(cfg.run_dir, "grpo_config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg.to_dict(), f, indent=2)
