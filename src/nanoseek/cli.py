@@ -233,6 +233,20 @@ def _eval(p: argparse.ArgumentParser) -> Runner:
     return run_eval
 
 
+# ---------------------------------------------------------------------------------------------------- plot
+@command("plot", "PNG charts of a run's metrics.jsonl: loss, lr, expert load; reward, accuracy, KL, lengths for GRPO")
+def _plot(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("run_dir", help="run directory (or its metrics.jsonl)")
+    p.add_argument("--out", help="directory for the PNG files (default: the run directory)")
+
+    def run(a: argparse.Namespace) -> int:
+        from .plot import plot
+        for path in plot(a.run_dir, a.out):
+            print(path)
+        return 0
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
