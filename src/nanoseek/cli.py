@@ -247,6 +247,48 @@ def _plot(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+# ---------------------------------------------------------------------------------------------------- distill
+@command("distill", "R1 distillation: sample reasoning traces from a teacher, keep the verified-correct ones "
+                    "(rejection sampling) as chat jsonl, optionally SFT a student on them")
+def _distill(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--teacher", required=True, metavar="DIR", help="teacher model directory (with its tokenizer)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help="built-in task whose train prompts are sampled (its verifier judges)")
+    src.add_argument("--data", metavar="FILE", help="jsonl of prompt rows (`prompt` or `messages`, and `answer`)")
+    p.add_argument("--out", required=True, metavar="FILE", help="chat jsonl to write (reasoning_content form)")
+    p.add_argument("--student", metavar="DIR|PRESET", help="then fine-tune this model on the kept traces")
+    p.add_argument("--k", type=int, default=4, help="completions sampled per prompt")
+    p.add_argument("--num-prompts", type=int, default=256, help="prompts to sample from")
+    p.add_argument("--levels", help="comma-separated task levels (default: all)")
+    p.add_argument("--max-tokens", type=int, default=512, help="longest completion")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (R1's recommendation)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-per-prompt", type=int, default=2, help="distinct correct traces kept per prompt")
+    p.add_argument("--no-require-format", action="store_true",
+                   help="keep correct answers even without a well-formed think block")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for sampling and the student's SFT")
+    p.add_argument("--config", help="TOML or JSON file of the student's SFT settings")
+    p.set_defaults(_overrides_help="--key value for the student's SFT (nanoseek.train.TrainConfig)")
+
+    def run(a: argparse.Namespace) -> int:
+        from .train.config import load_file
+        from .train.distill import run as distill_run
+        if a._extra and not a.student:
+            raise CLIError(f"unrecognized arguments: {' '.join(a._extra)} (SFT settings need --student)")
+        if a.threads:
+            import torch
+            torch.set_num_threads(a.threads)
+        distill_run(a.teacher, a.out, task=a.task, data=a.data, num_prompts=a.num_prompts,
+                    levels=_levels(a.levels), k=a.k, max_tokens=a.max_tokens, temperature=a.temperature,
+                    top_p=a.top_p, seed=a.seed, require_format=not a.no_require_format,
+                    max_per_prompt=a.max_per_prompt, device=a.device, student=a.student, sft_overrides=a._extra,
+                    sft_file=load_file(a.config) if a.config else None)
+        return 0
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3/R1 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
