@@ -15,6 +15,8 @@ import hmac
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -346,4 +348,8 @@ def run_server(llm: Any, config: ServeConfig, host: str = "127.0.0.1", port: int
     uv = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s,
                         limit_concurrency=None, access_log=log_level == "debug")
     log.info("app ready in %.2fs", time.perf_counter() - t0)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the signal that stopped it under the handler it found; with this one a SIGTERM that
+        # ended in a clean drain exits 0 instead of dying by the signal
+        signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM after shutdown"))
     uvicorn.Server(uv).run()

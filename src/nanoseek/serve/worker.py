@@ -110,6 +110,7 @@ class EngineWorker:
         self._ids = 0
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.peak_running_seqs = 0
         self.abort_lags: list[int] = []  # engine steps between an abort and the output that confirmed it
 
     # ------------------------------------------------------------------ lifecycle
@@ -276,6 +277,7 @@ class EngineWorker:
         pool = e.cache.pool
         running = list(sched.running)
         running_requests = len({id(s.request) for s in running})
+        self.peak_running_seqs = max(self.peak_running_seqs, len(running))
         self.metrics.set_engine_state(
             waiting=max(0, e.get_num_unfinished_requests() - running_requests),
             running_requests=running_requests,

@@ -1,0 +1,570 @@
+"""nanoseek serve against the official `openai` client on a live uvicorn server on 127.0.0.1 (a free port, a
+thread, always stopped): models, chat whole and streamed with reasoning_content split, n, seed, stop, logprobs,
+usage, completions, every caller mistake answered in OpenAI's shape with the server healthy afterwards, auth,
+overload (429 + Retry-After), cancellation on disconnect freeing the cache blocks, 32 concurrent streams equal to
+the same requests one at a time, graceful shutdown, /metrics parsed by prometheus_client, the chat page."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import select
+import shutil
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+import nanoseek  # noqa: E402
+from nanoseek.serve import ServeConfig, create_app  # noqa: E402
+
+KEY = "sk-test-0123456789"
+NAME = "tiny-r1"
+USER = [{"role": "user", "content": "What is 2 plus 3?"}]
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The server's engine thread and the test's clients share 2 cores: one torch thread avoids oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve") / "model"
+    torch.manual_seed(0)
+    nanoseek.save_pretrained(nanoseek.Transformer(nanoseek.ModelConfig.preset("tiny")), d)
+    texts = [f"The fox {i} jumps over {i + 1} dogs; {i} plus {i + 1} is {2 * i + 1}. Hello, world!" for i in range(200)]
+    nanoseek.train_tokenizer(iter(texts), 1024, d)
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(model_dir: Path, *, api_key: str | None = KEY, max_num_seqs: int = 32, max_queue: int = 32,
+                graceful_s: float = 5.0, **config):
+    llm = nanoseek.LLM(model_dir, max_num_seqs=max_num_seqs)
+    app = create_app(llm, ServeConfig(served_model_name=NAME, api_key=api_key, max_queue=max_queue, **config))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=graceful_s))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}", app, server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+@pytest.fixture(scope="module")
+def srv(model_dir):
+    with live_server(model_dir) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def base(srv) -> str:
+    return srv[0]
+
+
+@pytest.fixture(scope="module")
+def app(srv):
+    return srv[1]
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    return openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def offline(model_dir):
+    """The same model in-process: what the server must return."""
+    return nanoseek.LLM(model_dir, max_num_seqs=4)
+
+
+def _idle(app, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the engine has no request and every cache block is free again."""
+    engine = app.state.worker.engine
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (app.state.worker.num_in_flight() == 0 and not engine.has_unfinished_requests()
+                and engine.cache.pool.num_free == engine.cache.pool.num_blocks):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"not idle: {app.state.worker.num_in_flight()} in flight, "
+                         f"{engine.cache.pool.num_free}/{engine.cache.pool.num_blocks} blocks free")
+
+
+def _healthy(base: str, client) -> None:
+    assert httpx.get(base + "/health").status_code == 200
+    r = client.chat.completions.create(model=NAME, messages=USER, max_tokens=2, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def _post(base: str, body: bytes | str, path: str = "/v1/chat/completions", key: str | None = KEY, **kw):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return httpx.post(base + path, content=body, headers=headers, **{"timeout": 30, **kw})
+
+
+# ---------------------------------------------------------------------------------------------------- models, chat
+def test_models(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [NAME] and models.data[0].object == "model"
+    assert client.models.retrieve(NAME).id == NAME
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-nonexistent")
+
+
+THINK = {"max_thinking_tokens": 3, "ignore_eos": True}
+
+
+def test_chat_splits_reasoning_like_the_offline_engine(client, offline):
+    r = client.chat.completions.create(model=NAME, messages=USER, max_tokens=10, temperature=0, extra_body=THINK)
+    ref = offline.chat(USER, nanoseek.SamplingParams(temperature=0, max_tokens=10, **THINK))[0].outputs[0]
+    msg = r.choices[0].message
+    assert r.object == "chat.completion" and r.model == NAME and r.id.startswith("chatcmpl-")
+    assert msg.role == "assistant"
+    assert msg.reasoning_content == ref.reasoning_content and msg.content == ref.content
+    assert msg.reasoning_content and msg.content  # the budget closed the thought after 3 tokens
+    assert r.choices[0].finish_reason == "length"
+    prompt = offline.tokenizer.apply_chat_template(USER, add_generation_prompt=True)
+    u = r.usage
+    assert u.prompt_tokens == len(offline.tokenizer.encode(prompt, add_special_tokens=False))
+    assert u.completion_tokens == 10 and u.total_tokens == u.prompt_tokens + 10
+    assert u.completion_tokens_details.reasoning_tokens == 3
+
+
+def test_chat_stream_joins_to_the_whole_response(client, base):
+    kw = dict(model=NAME, messages=USER, max_tokens=10, temperature=0, extra_body=THINK)
+    whole = client.chat.completions.create(**kw).choices[0].message
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert reasoning == whole.reasoning_content and content == whole.content
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 3
+    assert all(c.usage is None for c in chunks[:-1])
+    # the raw wire format: `data: {json}` events, the last one `data: [DONE]`
+    body = json.dumps({**{k: v for k, v in kw.items() if k != "extra_body"}, **THINK, "stream": True})
+    raw = _post(base, body).text
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+
+
+def test_n_seed_and_stop(client):
+    kw = dict(model=NAME, messages=USER, max_tokens=8, temperature=1.0, seed=7, n=3, extra_body={"ignore_eos": True})
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    texts = [(c.message.reasoning_content, c.message.content) for c in a.choices]
+    assert texts == [(c.message.reasoning_content, c.message.content) for c in b.choices]  # same seed, same draw
+    assert len(set(texts)) > 1 and a.usage.completion_tokens == 24
+    # stop: cut a greedy completion before a string taken from its middle
+    full = client.completions.create(model=NAME, prompt="The fox", max_tokens=16, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    i = next(i for i in range(2, len(full) - 2) if "\ufffd" not in full[i:i + 2] and full[i:i + 2].strip()
+             and full.find(full[i:i + 2]) == i)
+    cut = client.completions.create(model=NAME, prompt="The fox", max_tokens=16, temperature=0,
+                                    stop=["never-there", full[i:i + 2]], extra_body={"ignore_eos": True})
+    assert cut.choices[0].text == full[:i] and cut.choices[0].finish_reason == "stop"
+
+
+def test_logprobs(client):
+    r = client.chat.completions.create(model=NAME, messages=USER, max_tokens=5, temperature=0, logprobs=True,
+                                       top_logprobs=2, extra_body={"ignore_eos": True})
+    items = r.choices[0].logprobs.content
+    assert len(items) == 5
+    for it in items:
+        assert len(it.top_logprobs) == 2 and it.logprob <= 0
+        assert it.top_logprobs[0].logprob >= it.top_logprobs[1].logprob
+        assert it.logprob <= it.top_logprobs[0].logprob + 1e-6
+    c = client.completions.create(model=NAME, prompt="Hello", max_tokens=4, temperature=0, logprobs=3,
+                                  extra_body={"ignore_eos": True})
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert all(len(t) <= 3 for t in lp.top_logprobs)
+
+
+def test_completions_match_the_offline_engine(client, offline):
+    sp = nanoseek.SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    ref = [o.outputs[0].text for o in offline.generate(["Hello", "The fox 7"], sp)]
+    r = client.completions.create(model=NAME, prompt=["Hello", "The fox 7"], max_tokens=6, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.object == "text_completion" and [c.text for c in r.choices] == ref
+    assert [c.index for c in r.choices] == [0, 1] and r.usage.completion_tokens == 12
+    ids = offline.tokenizer.encode("Hello")
+    r = client.completions.create(model=NAME, prompt=ids, max_tokens=6, temperature=0, echo=True,
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].text == offline.tokenizer.decode(ids) + ref[0]
+    assert r.usage.prompt_tokens == len(ids)
+    streamed = list(client.completions.create(model=NAME, prompt="Hello", max_tokens=6, temperature=0, stream=True,
+                                              extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].text for c in streamed) == ref[0]
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def _check_error(resp, status: int, *, param=None, code=None, match: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert "Traceback" not in resp.text
+    if param is not None:
+        assert err["param"] == param
+    if code is not None:
+        assert err["code"] == code
+    if match is not None:
+        assert re.search(match, err["message"]), err["message"]
+    return err
+
+
+def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client, app):
+    ok = {"model": NAME, "messages": USER, "max_tokens": 2}
+    cases = [
+        (b"{not json", 400, None, "could not parse the JSON"),
+        (b"", 400, None, "could not parse"),
+        (b"[1, 2]", 400, None, "JSON object"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', 400, None, "NaN"),
+        (json.dumps({**ok, "temperature": "hot"}), 400, "temperature", "valid number"),
+        (json.dumps({**ok, "max_tokens": 0}), 400, "max_tokens", None),
+        (json.dumps({**ok, "n": "2"}), 400, "n", None),
+        (json.dumps({**ok, "stream": "yes"}), 400, "stream", None),
+        (json.dumps({**ok, "messages": "hi"}), 400, "messages", None),
+        (json.dumps({**ok, "messages": []}), 400, "messages", None),
+        (json.dumps({**ok, "messages": [{"role": "wizard", "content": "x"}]}), 400, "messages[0].role", "unknown role"),
+        (json.dumps({**ok, "messages": [{"role": "user", "content": 5}]}), 400, "messages[0].content", None),
+        (json.dumps({**ok, "messages": [{"content": "x"}]}), 400, "messages[0].role", None),
+        (json.dumps({**ok, "top_p": 0}), 400, "top_p", None),
+        (json.dumps({**ok, "n": 1000}), 400, "n", None),
+        (json.dumps({**ok, "top_logprobs": 2}), 400, "top_logprobs", None),
+        (json.dumps({**ok, "stop": [""]}), 400, "stop", None),
+        (json.dumps({**ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), 400, "tools", None),
+        (json.dumps({**ok, "chat_template_kwargs": {"tokenize": True}}), 400, "chat_template_kwargs", None),
+    ]
+    for body, status, param, match in cases:
+        _check_error(_post(base, body), status, param=param, match=match)
+    # context overflow, worded as OpenAI words it
+    max_len = app.state.worker.engine.max_model_len
+    err = _check_error(_post(base, json.dumps({**ok, "max_tokens": max_len})), 400, code="context_length_exceeded",
+                       match=rf"^This model's maximum context length is {max_len} tokens\. However, you requested "
+                             rf"\d+ tokens \(\d+ in the messages, {max_len} in the completion\)")
+    assert err["type"] == "invalid_request_error"
+    long = " ".join(["fox"] * (max_len + 10))
+    _check_error(_post(base, json.dumps({**ok, "messages": [{"role": "user", "content": long}]})), 400,
+                 code="context_length_exceeded", match="maximum context length")
+    _check_error(_post(base, json.dumps({"model": NAME, "prompt": list(range(max_len + 1))}), "/v1/completions"), 400,
+                 code="context_length_exceeded")
+    _check_error(_post(base, json.dumps({"model": NAME, "prompt": [5000]}), "/v1/completions"), 400,
+                 match="vocabulary")
+    # 404 unknown model and route, 405, 413
+    _check_error(_post(base, json.dumps({**ok, "model": "gpt-4o"})), 404, param="model", code="model_not_found")
+    _check_error(_post(base, json.dumps(ok), "/v1/nowhere"), 404)
+    _check_error(httpx.get(base + "/v1/chat/completions"), 405)
+    big = json.dumps({**ok, "messages": [{"role": "user", "content": "x" * (5 << 20)}]})
+    _check_error(_post(base, big), 413)
+    # the official client raises its own exception classes
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=NAME, messages=[{"role": "wizard", "content": "x"}])
+    assert e.value.status_code == 400 and e.value.body["param"] == "messages[0].role"
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.chat.completions.create(model=NAME, messages=USER, max_tokens=max_len)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=USER)
+    _healthy(base, client)
+    _idle(app)
+
+
+def test_auth(base, client):
+    for key in (None, "sk-wrong", KEY + "x", ""):
+        _check_error(_post(base, json.dumps({"messages": USER}), key=key), 401, code="invalid_api_key")
+    _check_error(httpx.get(base + "/v1/models", headers={"Authorization": "Basic " + KEY}), 401)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0).models.list()
+    assert httpx.get(base + "/health").status_code == 200  # health, metrics and the page need no key
+    assert httpx.get(base + "/metrics").status_code == 200
+    _healthy(base, client)
+
+
+# ---------------------------------------------------------------------------------------------------- load, cancel
+def test_disconnect_mid_stream_frees_the_request(base, app):
+    worker, engine = app.state.worker, app.state.worker.engine
+    body = json.dumps({"model": NAME, "messages": USER, "max_tokens": 900, "stream": True, "ignore_eos": True})
+    with httpx.Client(timeout=30) as h:
+        with h.stream("POST", base + "/v1/chat/completions", content=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            lines = resp.iter_lines()
+            got = 0
+            for line in lines:
+                got += line.startswith("data: ")
+                if got >= 4:
+                    break
+            assert engine.cache.pool.num_free < engine.cache.pool.num_blocks  # it holds blocks now
+        # leaving the block closes the connection mid-stream
+    _idle(app)
+    assert worker.abort_lags and worker.abort_lags[-1] <= 2  # freed within a step or two of the abort
+    # a non-streaming request whose client times out is cancelled too
+    steps = engine.stats["steps"]
+    with pytest.raises(httpx.ReadTimeout):
+        _post(base, json.dumps({"model": NAME, "messages": USER, "max_tokens": 900, "ignore_eos": True}),
+              timeout=httpx.Timeout(30, read=0.5))
+    _idle(app)
+    assert engine.stats["steps"] - steps < 600  # stopped long before its 900 tokens
+
+
+def test_overload_is_shed_with_retry_after(model_dir):
+    with live_server(model_dir, max_num_seqs=1, max_queue=1) as (base, app, _):
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        long = dict(model=NAME, messages=USER, max_tokens=900, stream=True, extra_body={"ignore_eos": True})
+        s1 = client.chat.completions.create(**long)
+        next(iter(s1))
+        s2 = client.chat.completions.create(**long)  # waits in the queue (one slot)
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(model=NAME, messages=USER, max_tokens=2)
+        assert e.value.status_code == 429 and int(e.value.response.headers["retry-after"]) >= 1
+        assert e.value.body["code"] == "queue_full"
+        s1.close()
+        s2.close()
+        _idle(app)
+        _healthy(base, client)
+        m = httpx.get(base + "/metrics").text
+        assert re.search(r'http_requests_total\{[^}]*endpoint="/v1/chat/completions",status="429"\} 1', m)
+
+
+def test_32_concurrent_streams_equal_the_same_requests_one_at_a_time(client, app):
+    prompts = [f"The fox {i} jumps" for i in range(32)]
+
+    def one(p: str) -> str:
+        stream = client.completions.create(model=NAME, prompt=p, max_tokens=6, temperature=0, stream=True,
+                                           extra_body={"ignore_eos": True})
+        return "".join(c.choices[0].text for c in stream)
+
+    alone = [one(p) for p in prompts]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(one, prompts))
+    assert together == alone
+    assert app.state.worker.peak_running_seqs > 1  # they were batched
+    _idle(app)
+
+
+# ---------------------------------------------------------------------------------------------------- metrics, page
+def test_metrics_parse(base, client):
+    from prometheus_client.parser import text_string_to_metric_families
+    client.chat.completions.create(model=NAME, messages=USER, max_tokens=3, temperature=0)
+    text = httpx.get(base + "/metrics").text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    p = "nanoseek:"
+    for name in ("http_requests", "prompt_tokens", "generation_tokens", "num_requests_waiting", "num_requests_running",
+                 "num_seqs_running", "kv_cache_usage_perc", "spec_decode_draft_acceptance_rate",
+                 "time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds"):
+        assert p + name in fams, name
+    ok = [s for s in fams[p + "http_requests"].samples if s.labels["status"] == "200"]
+    assert sum(s.value for s in ok) >= 1
+    ttft = {s.name: s.value for s in fams[p + "time_to_first_token_seconds"].samples if "le" not in s.labels}
+    assert ttft[p + "time_to_first_token_seconds_count"] >= 1
+    itl = [s for s in fams[p + "inter_token_latency_seconds"].samples if s.labels.get("le") == "+Inf"]
+    assert itl[0].value >= 2
+    assert fams[p + "generation_tokens"].samples[0].value >= 3
+
+
+def test_chat_page_is_served(base):
+    r = httpx.get(base + "/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    for needle in ("/v1/chat/completions", "/v1/models", "reasoning_content", "getReader"):
+        assert needle in r.text
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe: commands go to its
+    fd 3, replies come from its fd 4, each message JSON followed by a NUL byte)."""
+
+    def __init__(self, exe: str):
+        r_cmd, self.w = os.pipe()
+        self.r, w_out = os.pipe()
+        # the child's ends above 10 first, so moving them to 3 and 4 cannot overwrite one with the other
+        hi_in, hi_out = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (r_cmd, w_out))
+        os.close(r_cmd)
+        os.close(w_out)
+        self.proc = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--remote-debugging-pipe", "--window-size=1000,760", "about:blank"],
+            pass_fds=(3, 4), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: (os.dup2(hi_in, 3), os.dup2(hi_out, 4)))
+        os.close(hi_in)
+        os.close(hi_out)
+        self.buf, self.next_id, self.session = b"", 0, None
+
+    def send(self, method: str, params: dict | None = None, timeout: float = 30.0) -> dict:
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if self.session:
+            msg["sessionId"] = self.session
+        os.write(self.w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self.buf:
+                raw, self.buf = self.buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self.next_id:
+                    assert "error" not in reply, f"{method}: {reply['error']}"
+                    return reply["result"]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.r], [], [], left)[0]:
+                raise TimeoutError(method)
+            chunk = os.read(self.r, 1 << 16)
+            assert chunk, "chromium closed the pipe"
+            self.buf += chunk
+
+    def open(self, url: str) -> None:
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.send("Page.navigate", {"url": url})
+
+    def js(self, expr: str):
+        return self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True})["result"].get("value")
+
+    def wait(self, expr: str, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expr)
+            if value:
+                return value
+            time.sleep(0.05)
+        raise TimeoutError(expr)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.session = None
+            self.send("Browser.close", timeout=5)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        os.close(self.w)
+        os.close(self.r)
+
+
+def test_chat_page_in_headless_chromium(base, tmp_path):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    b = Chromium(exe)
+    try:
+        b.open(base + "/")
+        b.wait("document.readyState === 'complete'")
+        # the key is asked for on the page; entering it reloads the model list from /v1/models
+        b.js(f"const k = document.getElementById('key'); k.value = {json.dumps(KEY)};"
+             "k.dispatchEvent(new Event('change'));")
+        assert b.wait("document.getElementById('model').value") == NAME
+        b.js("document.getElementById('temperature').value = '0'; document.getElementById('thinking').value = '4';"
+             "document.getElementById('max_tokens').value = '12';")
+        for turn, text in enumerate(["Hello there", "And again?"]):  # multi-turn: history goes back each time
+            b.js(f"document.getElementById('input').value = {json.dumps(text)};"
+                 "document.getElementById('form').requestSubmit();")
+            b.wait(f"document.querySelectorAll('.msg.assistant[data-done]').length === {turn + 1}")
+        shown = b.js("[...document.querySelectorAll('.msg.assistant')].map(d => [d.querySelector('.reasoning')"
+                     ".hidden, d.querySelector('.reasoning div').textContent, d.querySelector('.answer').textContent,"
+                     " d.querySelector('.stats').textContent, !!d.querySelector('.error')])")
+        png = base64.b64decode(b.send("Page.captureScreenshot", {"format": "png"})["data"])
+    finally:
+        b.close()
+    (tmp_path / "chat.png").write_bytes(png)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert len(shown) == 2
+    for hidden, reasoning, answer, stats, error in shown:
+        assert not error and not hidden and reasoning and answer  # the thought in its own block, then the answer
+        assert "finish: length" in stats and "12 tokens (4 reasoning)" in stats
+    # the second turn's prompt carried the first exchange
+    first, second = (int(re.search(r"prompt (\d+)", s[3]).group(1)) for s in shown)
+    assert second > first
+
+
+# ---------------------------------------------------------------------------------------------------- lifecycle
+def test_graceful_shutdown_cancels_what_cannot_finish(model_dir):
+    with live_server(model_dir, graceful_s=1.0, drain_timeout_s=0.5) as (base, app, server):
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model=NAME, messages=USER, max_tokens=900, stream=True,
+                                                extra_body={"ignore_eos": True})
+        next(iter(stream))
+        server.should_exit = True
+        with contextlib.suppress(openai.APIError, httpx.HTTPError):
+            for _ in stream:  # ends: cut off by the server (bounded: 900 tokens at most)
+                pass
+        deadline = time.monotonic() + 30
+        while app.state.worker.healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        engine = app.state.worker.engine
+        assert not app.state.worker.healthy and not engine.has_unfinished_requests()
+        assert engine.cache.pool.num_free == engine.cache.pool.num_blocks
+
+
+def test_cli_serve_subprocess_sigterm(model_dir, tmp_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "nanoseek.cli", "serve", str(model_dir), "--port", str(port), "--api-key", KEY,
+           "--served-model-name", NAME, "--max-num-seqs", "4", "--num-threads", "1", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "nanoseek serve did not come up"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model=NAME, messages=USER, max_tokens=40, temperature=0, stream=True,
+                                                extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        next(chunks)
+        proc.terminate()  # SIGTERM mid-stream: the server stops taking requests but finishes this one
+        rest = list(chunks)
+        assert rest[-1].choices[0].finish_reason == "length"
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(openai.APIConnectionError):
+            client.models.list()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_cli_rejects_bad_arguments(model_dir, capsys):
+    from nanoseek.cli import main
+    assert main(["serve", str(model_dir), "--max-num-seqs", "0"]) == 2
+    assert "--max-num-seqs" in capsys.readouterr().err
+    assert main(["serve", str(model_dir / "missing")]) == 2
