@@ -153,14 +153,18 @@ def render_prompt(tokenizer: Any, question: str, chat: bool) -> dict[str, Any]:
     return {"prompt": text, "prompt_token_ids": tokenizer.encode(text)}
 
 
-def sample(llm: Any, prompts: Sequence[dict[str, Any]], params: Any, *, seed: int | None = 0,
+def sample(llm: Any, prompts: Sequence[Any], params: Any, *, seed: int | None = 0,
            progress: bool = False, desc: str = "generate") -> list[list[str]]:
-    """The n completions of every prompt, in order. Prompt i gets seed `seed + i`, so its samples do not depend
-    on which other prompts share a batch."""
+    """The n completions of every prompt, in order, on an engine (`add_request`/`step`/`abort_request`).
+    `params`: one SamplingParams for all, or one per prompt. Prompt i gets seed `seed + i`, so its samples do not
+    depend on which other prompts share a batch."""
+    per_prompt = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+    if len(per_prompt) != len(prompts):
+        raise ValueError(f"sample: {len(per_prompt)} SamplingParams for {len(prompts)} prompts")
     ids = []
     try:
-        for i, p in enumerate(prompts):
-            sp = params.clone(output_kind="final_only", seed=None if seed is None else seed + i)
+        for i, (p, sp) in enumerate(zip(prompts, per_prompt)):
+            sp = sp.clone(output_kind="final_only", seed=None if seed is None else seed + i)
             ids.append(llm.add_request(p, sp))
     except Exception:
         llm.abort_request(ids)
