@@ -241,3 +241,19 @@ def test_grpo_raises_mean_reward_on_cpu(model_dir, tmp_path):
                 "truncated_frac", "clip_ratio", "entropy", "loss", "grad_norm", "load"):
         assert key in rows[-1], key
     assert (tmp_path / "checkpoints" / "step_0000012.pt").exists()
+
+
+def test_resume_is_exact(model_dir, tmp_path):
+    """Stopped after step 2 (checkpoint), resumed: step 3 as in one uninterrupted run (beta > 0, two updates)."""
+    def cfg(run, *extra):
+        return config(model_dir, tmp_path / run, "--reward", "test_grpo:digit_share", "--lr", "1e-2",
+                      "--max_steps", "3", "--ckpt_every", "2", "--beta", "0.04", "--num_iterations", "2", *extra)
+    full = GRPOTrainer(cfg("a")).fit()
+    GRPOTrainer(cfg("b")).fit(stop_after=2)
+    resumed = GRPOTrainer(cfg("b", "--resume", "true"))
+    assert resumed.fit()["step"] == 3 and resumed.step == 3
+    a = {r["step"]: r for r in map(json.loads, open(tmp_path / "a" / "metrics.jsonl"))}
+    b = {r["step"]: r for r in map(json.loads, open(tmp_path / "b" / "metrics.jsonl"))}
+    assert b[3]["reward"] == pytest.approx(a[3]["reward"]) and b[3]["loss"] == pytest.approx(a[3]["loss"])
+    assert b[3]["kl"] == pytest.approx(a[3]["kl"], abs=1e-6) and b[3]["kl"] > 0
+    assert full["rewards"][-1] == pytest.approx(a[3]["reward"])
