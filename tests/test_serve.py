@@ -273,6 +273,10 @@ def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client
         (json.dumps({**ok, "stop": [""]}), 400, "stop", None),
         (json.dumps({**ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), 400, "tools", None),
         (json.dumps({**ok, "chat_template_kwargs": {"tokenize": True}}), 400, "chat_template_kwargs", None),
+        (json.dumps({**ok, "stop": ["a"] * 17}), 400, "stop", None),
+        (json.dumps({**ok, "messages": [{"role": "user", "content": "\ud800"}]}), 400, None, "invalid Unicode"),
+        (json.dumps({**ok, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}),
+         400, "messages[0].content[0].type", "only text"),
     ]
     for body, status, param, match in cases:
         _check_error(_post(base, body), status, param=param, match=match)

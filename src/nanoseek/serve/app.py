@@ -271,14 +271,18 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
                                 "token ids.")
         messages = chat_messages(req)
         kwargs = dict(req.chat_template_kwargs or {})
-        bad = sorted(k for k in kwargs if k in _RESERVED_TEMPLATE_KWARGS or not str(k).isidentifier())
+        bad = sorted(k for k in kwargs
+                     if k in _RESERVED_TEMPLATE_KWARGS or not str(k).isidentifier() or str(k).startswith("_"))
         if bad:
             raise APIError(400, f"chat_template_kwargs: {bad[0]!r} cannot be set", param="chat_template_kwargs")
-        try:
+
+        def render() -> tuple[str, list[int]]:
             text = tok.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
-        except ValueError as e:
+            return text, tok.encode(text, add_special_tokens=False)
+        try:  # in a thread: a long conversation must not stall the other streams
+            text, ids = await asyncio.to_thread(render)
+        except (ValueError, TypeError) as e:
             raise APIError(400, f"messages: {e}", param="messages") from None
-        ids = tok.encode(text, add_special_tokens=False)
         sp = params(req, budget(len(ids), req.completion_limit, "messages"), req.num_logprobs)
         parser = ReasoningParser.for_prompt(text) if cfg.reasoning_parser else None
         handle = worker.submit([({"prompt": text, "prompt_token_ids": ids}, sp)], asyncio.get_running_loop())
@@ -298,20 +302,23 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         if len(prompts) * req.n > worker.max_num_seqs:
             raise APIError(400, f"prompt: {len(prompts)} prompts x n={req.n} exceed the {worker.max_num_seqs} "
                                 "sequences this server runs at once", param="prompt")
+        if tok is None and any(isinstance(p, str) for p in prompts):
+            raise APIError(400, "prompt: this model has no tokenizer; send token ids", param="prompt")
+
+        def encode() -> list[tuple[list[int], str]]:  # (ids, the text to echo)
+            return [(tok.encode(p), p) if isinstance(p, str)
+                    else (list(p), tok.decode(p) if tok is not None and req.echo else "") for p in prompts]
+        try:
+            encoded = await asyncio.to_thread(encode)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise APIError(400, f"prompt: {e}", param="prompt") from None
         items, texts, total = [], [], 0
-        for p in prompts:
-            if isinstance(p, str):
-                if tok is None:
-                    raise APIError(400, "prompt: this model has no tokenizer; send token ids", param="prompt")
-                ids = tok.encode(p)
-                texts.append(p)
-            else:
-                ids = p
-                texts.append(tok.decode(p) if tok is not None and req.echo else "")
+        for p, (ids, text) in zip(prompts, encoded):
             if not ids:
                 raise APIError(400, "prompt: must not be empty", param="prompt")
+            texts.append(text)
             sp = params(req, budget(len(ids), req.max_tokens, "prompt"), req.logprobs)
-            items.append(({"prompt": p if isinstance(p, str) else None, "prompt_token_ids": list(ids)}, sp))
+            items.append(({"prompt": p if isinstance(p, str) else None, "prompt_token_ids": ids}, sp))
             total += len(ids)
         handle = worker.submit(items, asyncio.get_running_loop())
         metrics.add_prompt_tokens(total)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -82,6 +82,7 @@ def _short(v: Any, limit: int = 40) -> str:
 def parse(model: type[BaseModel], data: Any) -> Any:
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object (got {type(data).__name__})")
+    check_text(data)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -89,19 +90,39 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- requests
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+
+
+def check_text(obj: Any, where: str = "request") -> None:
+    """JSON may carry lone UTF-16 surrogates (`"\\ud800"`), which are not text: refuse them with a 400."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, f"{where}: invalid Unicode (a lone surrogate escape such as \\ud800)") from None
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            check_text(k, where)
+            check_text(v, f"{where}.{k}" if where != "request" else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            check_text(v, f"{where}[{i}]")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
+class ContentPart(_Strict):
+    type: str
+    text: str | None = None
 
 
 class ChatMessage(_Strict):
     model_config = ConfigDict(strict=True, extra="allow")
     role: str
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
@@ -136,8 +157,13 @@ class _Sampling(_Strict):
     user: str | None = None
 
     def check_common(self) -> None:
-        if isinstance(self.stop, list) and any(not s for s in self.stop) or self.stop == "":
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if any(not s for s in stops):
             raise APIError(400, "stop: stop sequences must be non-empty strings", param="stop")
+        # each generated token is searched for every stop string: bound the work a request can ask for
+        if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise APIError(400, f"stop: at most {MAX_STOP} sequences of at most {MAX_STOP_CHARS} characters",
+                           param="stop")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "stream_options: only allowed when stream is true", param="stream_options")
         if self.logit_bias:
@@ -206,9 +232,13 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
                                 f"{', '.join(CHAT_ROLES)})", param=f"messages[{i}].role")
         content = m.content
         if isinstance(content, list):
-            content = "".join(p.text for p in content)
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise APIError(400, f"messages[{i}].content[{j}]: only text parts are supported (got type "
+                                        f"{part.type!r})", param=f"messages[{i}].content[{j}].type")
+            content = "".join(p.text or "" for p in content)
         if content is None and not m.tool_calls:
-            raise APIError(400, f"messages[{i}].content: missing (a {m.role} message needs content)",
+            raise APIError(400, f"messages[{i}].content: missing (this {m.role} message needs content)",
                            param=f"messages[{i}].content")
         msg: dict[str, Any] = {"role": role, "content": content}
         for k in ("name", "reasoning_content", "tool_calls", "tool_call_id"):

@@ -183,10 +183,12 @@ class EngineWorker:
                     ids.append(rid)
                     self._tracked[rid] = _Tracked(loop, queue, params.n, time.perf_counter())
                     self._slots += params.n
-            except ValueError as e:
+            except Exception as e:  # all or none: undo the ones already queued
                 self._forget(ids)
                 self.engine.abort_request(ids)
-                raise APIError(400, str(e)) from None
+                if isinstance(e, ValueError):
+                    raise APIError(400, str(e)) from None
+                raise
         self._wake.set()
         return RequestHandle(self, ids, queue)
 
