@@ -90,7 +90,8 @@ class LLMEngine:
     def __init__(self, model: nn.Module, tokenizer: Any = None, *, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 2048, cache_budget: int | str | None = None, block_size: int = 16,
                  max_model_len: int | None = None, speculative: Any = None,
-                 prefill_attention: str = "decompressed", kv_cache_dtype: torch.dtype | None = None, seed: int = 0):
+                 prefill_attention: str = "decompressed", kv_cache_dtype: torch.dtype | None = None, seed: int = 0,
+                 enable_prefix_caching: bool = True):
         cfg = model.config
         self.model = model.eval()
         self.cfg = cfg
@@ -128,7 +129,9 @@ class LLMEngine:
         self.max_model_len = min(want_len, capacity)
         if self.max_model_len < 2:
             raise ValueError(f"cache_budget: {budget} bytes hold {self.cache.capacity_tokens} tokens, too few")
-        self.scheduler = Scheduler(self.cache, max_num_seqs, max_num_batched_tokens, lookahead)
+        self.prefix_caching = enable_prefix_caching
+        self.scheduler = Scheduler(self.cache, max_num_seqs, max_num_batched_tokens, lookahead,
+                                   prefix_caching=enable_prefix_caching, need_hidden=bool(k))
         self.runner = ModelRunner(model, self.cache, prefill_attention)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.vocab_limit = cfg.vocab_size
@@ -313,6 +316,8 @@ class LLMEngine:
                 e.seq.num_computed += e.num_real
         if self.num_spec:
             self._mtp_pass(entries, segs, hidden, old, old_hidden)
+        if self.prefix_caching:
+            self._register_blocks(entries, segs, hidden, old)
         for e in entries:
             if e.seq.pending_fork and e.completes:
                 self._fork(e.seq, [c for c in children if c.request is e.seq.request])
@@ -468,6 +473,27 @@ class LLMEngine:
         if req.finished:
             req.metrics.finished_time = time.time()
 
+    # ------------------------------------------------------------------ prefix caching
+    def _register_blocks(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor,
+                         old: dict[int, int]) -> None:
+        """Put every block that became full and computed (main and, with MTP, MTP rows) into the prefix cache;
+        with MTP each keeps the hidden state of its last position, which the MTP row after it needs."""
+        bs, pool = self.cache.block_size, self.cache.pool
+        for e, seg in zip(entries, segs):
+            s = e.seq
+            upto = min(s.num_computed, s.mtp_len if self.num_spec else s.num_computed) // bs
+            if upto <= s.num_registered:
+                continue
+            s.ensure_hashes(upto, bs)
+            c_old = old[id(s)]
+            for i in range(s.num_registered, upto):
+                extra = None
+                last = (i + 1) * bs - 1
+                if self.num_spec and c_old <= last < c_old + seg.n:
+                    extra = hidden[seg.row + last - c_old].clone()
+                pool.register(s.blocks[i], s.hashes[i], extra)
+            s.num_registered = upto
+
     # ------------------------------------------------------------------ n > 1: share the prompt's blocks
     def _fork(self, leader: Sequence, children: list[Sequence]) -> None:
         """Children share the leader's full prompt blocks (ref-counted) and get a copy of its partial last block."""
@@ -493,6 +519,7 @@ class LLMEngine:
                 self.cache.copy_block(leader.blocks[full], new)
                 child.blocks.append(new)
             child.num_computed = n_prompt
+            child.num_registered = min(full, leader.num_registered)
             child.last_hidden = leader.last_hidden
             child.mtp_len = n_prompt  # the row at n_prompt used the leader's token: recompute it
             self.scheduler.running.append(child)

@@ -42,13 +42,15 @@ class LLM:
         the cache). speculative: None/False, True or k (MTP drafts per step), or {"method": "mtp",
         "num_speculative_tokens": k}; off automatically for a model without MTP.
     dtype/device: for loading a directory (a Transformer instance is used as it is).
+    enable_prefix_caching: reuse the cached blocks of earlier prompts sharing a prefix (block hashing).
     seed: the engine's generator for requests without their own seed.
     """
 
     def __init__(self, model: str | os.PathLike | nn.Module, tokenizer: Any = None, *, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 2048, cache_budget: int | str | None = None, block_size: int = 16,
                  max_model_len: int | None = None, speculative: Any = None, dtype: str | torch.dtype | None = None,
-                 device: str | torch.device | None = None, prefill_attention: str = "decompressed", seed: int = 0):
+                 device: str | torch.device | None = None, prefill_attention: str = "decompressed", seed: int = 0,
+                 enable_prefix_caching: bool = True):
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
             if not os.path.isdir(path):
@@ -70,7 +72,8 @@ class LLM:
         self.engine = LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs,
                                 max_num_batched_tokens=max_num_batched_tokens, cache_budget=cache_budget,
                                 block_size=block_size, max_model_len=max_model_len, speculative=speculative,
-                                prefill_attention=prefill_attention, seed=seed)
+                                prefill_attention=prefill_attention, seed=seed,
+                                enable_prefix_caching=enable_prefix_caching)
 
     @property
     def tokenizer(self) -> Any:

@@ -37,7 +37,7 @@ class RequestMetrics:
     num_steps: int = 0  # engine steps that produced tokens for this request (summed over its n samples)
     spec_num_draft_tokens: int = 0
     spec_num_accepted_tokens: int = 0
-    num_cached_tokens: int = 0  # prompt tokens shared rather than computed (n > 1 fork)
+    num_cached_tokens: int = 0  # prompt tokens found in the cache (prefix caching, n > 1 fork)
     num_preemptions: int = 0
 
     @property

@@ -6,11 +6,16 @@ normalised latent and the rotated shared rope key (vLLM's MLA layout, (blocks, b
 where n_cached_layers = num_hidden_layers, plus the MTP layers when speculative decoding caches them.
 Token at position p of a sequence lives in slot  block_table[p // block_size] · block_size + p % block_size.
 Blocks are reference-counted so the n samples of one prompt share its full blocks (copy-on-write: the last,
-partial block is copied at the fork, full blocks are never written again).
+partial block is copied at the fork, full blocks are never written again), and so are prompts that share a
+prefix (prefix caching by block hashing, see BlockPool).
 """
 from __future__ import annotations
 
+import hashlib
 import re
+from array import array
+from collections import OrderedDict
+from typing import Any
 
 import torch
 
@@ -37,14 +42,22 @@ def bytes_per_token(cfg: ModelConfig, n_layers: int, dtype: torch.dtype) -> int:
 
 
 class BlockPool:
-    """Block ids 0..num_blocks-1 with reference counts and a LIFO free list (recently freed blocks are warm)."""
+    """Block ids 0..num_blocks-1 with reference counts and a free list in LRU order.
+
+    Prefix caching: a full block whose rows are computed can be registered under the hash of the tokens up to its
+    end (`block_hash`); while registered, another sequence with the same prefix shares it instead of recomputing.
+    A released block keeps its registration until it is handed out again; blocks are handed out least recently
+    released first, so cached prefixes live as long as the pool allows."""
 
     def __init__(self, num_blocks: int):
         if num_blocks < 1:
             raise ValueError(f"BlockPool: need at least one block (got {num_blocks})")
         self.num_blocks = num_blocks
         self.ref = [0] * num_blocks
-        self.free = list(range(num_blocks - 1, -1, -1))
+        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.by_hash: dict[bytes, int] = {}
+        self.hash_of: dict[int, bytes] = {}
+        self.extra: dict[int, Any] = {}  # data the engine keeps with a cached block (MTP: the last hidden state)
 
     @property
     def num_free(self) -> int:
@@ -53,22 +66,51 @@ class BlockPool:
     def allocate(self, n: int) -> list[int]:
         if n > len(self.free):
             raise RuntimeError(f"BlockPool: asked for {n} blocks, {len(self.free)} free")
-        out = [self.free.pop() for _ in range(n)]
-        for b in out:
+        out = []
+        for _ in range(n):
+            b, _ = self.free.popitem(last=False)
+            self._forget(b)
             self.ref[b] = 1
+            out.append(b)
         return out
 
     def share(self, blocks: list[int]) -> None:
         for b in blocks:
+            if self.ref[b] == 0:
+                del self.free[b]
             self.ref[b] += 1
 
     def release(self, blocks: list[int]) -> None:
+        # last blocks first, so that a sequence's tail is evicted before its prefix
         for b in reversed(blocks):
             self.ref[b] -= 1
             if self.ref[b] == 0:
-                self.free.append(b)
+                self.free[b] = None
             elif self.ref[b] < 0:
                 raise RuntimeError(f"BlockPool: block {b} released more often than allocated")
+
+    # ------------------------------------------------------------------ prefix caching
+    def register(self, block: int, h: bytes, extra: Any = None) -> None:
+        if h in self.by_hash or block in self.hash_of:
+            return
+        self.by_hash[h] = block
+        self.hash_of[block] = h
+        if extra is not None:
+            self.extra[block] = extra
+
+    def lookup(self, h: bytes) -> int | None:
+        return self.by_hash.get(h)
+
+    def _forget(self, block: int) -> None:
+        h = self.hash_of.pop(block, None)
+        if h is not None:
+            del self.by_hash[h]
+        self.extra.pop(block, None)
+
+
+def block_hash(parent: bytes, tokens: list[int]) -> bytes:
+    """Hash of a block's tokens chained to its predecessor's: equal hashes mean equal prefixes."""
+    return hashlib.blake2b(parent + array("q", tokens).tobytes(), digest_size=16).digest()
 
 
 class PagedLatentCache:

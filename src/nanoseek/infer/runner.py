@@ -47,32 +47,27 @@ class AttnMeta:
 
 
 def build_meta(segments: list[Segment], block_size: int, device: torch.device, ctx_start: int = 0) -> AttnMeta:
-    """ctx_start: first position a layer attends to (1 for MTP layers, which have no row at position 0)."""
-    slots = []
-    for s in segments:
-        pos = torch.arange(s.start, s.start + s.n)
-        bt = torch.tensor(s.blocks, dtype=torch.long)
-        slots.append(bt[pos // block_size] * block_size + pos % block_size)
-    meta = AttnMeta(slots=torch.cat(slots).to(device) if slots else torch.zeros(0, dtype=torch.long, device=device))
+    """ctx_start: first position a layer attends to (1 for MTP layers, which have no row at position 0).
+    Index arithmetic is done on Python ints and a handful of batched tensor ops, not per token."""
+    bs = block_size
+    slots = [s.blocks[p // bs] * bs + p % bs for s in segments for p in range(s.start, s.start + s.n)]
+    meta = AttnMeta(slots=torch.tensor(slots, dtype=torch.long, device=device))
     dec = [s for s in segments if s.decode]
     if dec:
         B, S = len(dec), max(s.n for s in dec)
         T = max(s.start + s.n for s in dec)
-        nb = max(len(s.blocks) for s in dec)
-        bt = torch.zeros(B, nb, dtype=torch.long)
-        starts = torch.tensor([s.start for s in dec])
-        lens = torch.tensor([s.n for s in dec])
-        for b, s in enumerate(dec):
-            bt[b, :len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.long)
-        j = torch.arange(S)
-        jj = torch.minimum(j[None], lens[:, None] - 1)  # padding queries repeat the last real one
-        rows = torch.tensor([s.row for s in dec])[:, None] + jj
-        qpos = starts[:, None] + jj  # (B, S)
-        cols = torch.arange(T)
-        ctx_pos = torch.minimum(cols[None], (starts + lens - 1)[:, None])  # keep table lookups in range
-        ctx = slots_for(bt, ctx_pos, block_size)
-        mask = (cols[None, None] <= qpos[..., None]) & (cols[None, None] >= ctx_start)
-        meta.dec_rows, meta.dec_valid = rows.to(device), (j[None] < lens[:, None]).to(device)
+        nb = -(-T // bs)
+        table = torch.tensor([s.blocks[:nb] + [0] * (nb - len(s.blocks[:nb])) for s in dec], dtype=torch.long)
+        info = torch.tensor([[s.row, s.start, s.n] for s in dec], dtype=torch.long)
+        row0, starts, lens = info[:, 0:1], info[:, 1:2], info[:, 2:3]
+        j = torch.arange(S)[None]
+        jj = torch.minimum(j, lens - 1)  # padding queries repeat the last real one
+        qpos = starts + jj  # (B, S)
+        cols = torch.arange(T)[None]
+        ctx_pos = torch.minimum(cols, starts + lens - 1)  # keep table lookups in range
+        ctx = slots_for(table, ctx_pos, bs)
+        mask = (cols[:, None] <= qpos[..., None]) & (cols[:, None] >= ctx_start)
+        meta.dec_rows, meta.dec_valid = (row0 + jj).to(device), (j < lens).to(device)
         meta.dec_ctx, meta.dec_mask = ctx.to(device), mask.to(device)
     pre = [s for s in segments if not s.decode]
     if pre:
@@ -81,9 +76,8 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
             if s.start <= ctx_start:
                 meta.prefill.append((s.row, s.n, None))
             else:
-                pos = torch.arange(ctx_start, s.start + s.n)
-                bt = torch.tensor(s.blocks, dtype=torch.long)
-                meta.prefill.append((s.row, s.n, (bt[pos // block_size] * block_size + pos % block_size).to(device)))
+                ctx = [s.blocks[p // bs] * bs + p % bs for p in range(ctx_start, s.start + s.n)]
+                meta.prefill.append((s.row, s.n, torch.tensor(ctx, dtype=torch.long, device=device)))
     return meta
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .paged_cache import PagedLatentCache
+from .paged_cache import PagedLatentCache, block_hash
 
 if TYPE_CHECKING:
     from .engine import Request
@@ -41,6 +41,8 @@ class Sequence:
     finished: bool = False
     pending_fork: bool = False  # leader of an n > 1 request whose prompt is not yet prefilled
     state: Any = None  # the engine's per-output state (detokenizer, logprobs, metrics)
+    hashes: list[bytes] = field(default_factory=list)  # prefix hashes of the full blocks of `tokens`
+    num_registered: int = 0  # blocks[:num_registered] are in the prefix cache
 
     @property
     def priority(self) -> tuple[int, int]:
@@ -50,8 +52,14 @@ class Sequence:
     def num_output(self) -> int:
         return len(self.tokens) - self.num_prompt
 
+    def ensure_hashes(self, n_blocks: int, block_size: int) -> None:
+        while len(self.hashes) < n_blocks:
+            i = len(self.hashes)
+            self.hashes.append(block_hash(self.hashes[-1] if i else b"", self.tokens[i * block_size:(i + 1) * block_size]))
+
     def reset_for_recompute(self) -> None:
         self.num_computed = 0
+        self.num_registered = 0
         self.mtp_len = 1
         self.last_hidden = None
         self.drafts = []
@@ -84,10 +92,14 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, cache: PagedLatentCache, max_num_seqs: int, max_num_batched_tokens: int, lookahead: int = 0):
+    def __init__(self, cache: PagedLatentCache, max_num_seqs: int, max_num_batched_tokens: int, lookahead: int = 0,
+                 prefix_caching: bool = True, need_hidden: bool = False):
         """lookahead: extra slots each scheduled sequence must own beyond its fed tokens (the provisional MTP rows
-        of speculative drafting)."""
+        of speculative drafting). prefix_caching: admitted sequences start after their longest cached prefix of
+        full blocks; need_hidden: such a prefix must end in a block holding the hidden state MTP needs."""
         self.cache = cache
+        self.prefix_caching = prefix_caching
+        self.need_hidden = need_hidden
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.lookahead = lookahead
@@ -168,13 +180,39 @@ class Scheduler:
             slots = seq.request.params.n if seq.pending_fork else 1
             if len(self.running) + slots > self.max_num_seqs and self.running:
                 break
-            num_real = min(len(seq.tokens) - seq.num_computed, budget)
-            need = self._blocks_needed(seq, num_real)
-            if need > pool.num_free:
+            hits = self._prefix_hits(seq) if self.prefix_caching and not seq.blocks else []
+            start = len(hits) * self.cache.block_size
+            num_real = min(len(seq.tokens) - start, budget)
+            need = self.cache.blocks_for(start + num_real + self.lookahead) - len(hits)
+            if need > pool.num_free - sum(1 for b in hits if pool.ref[b] == 0):
                 break
             self.waiting.popleft()
-            seq.blocks.extend(pool.allocate(self._blocks_needed(seq, num_real)))
+            if hits:
+                pool.share(hits)
+                seq.blocks = list(hits)
+                seq.num_computed = start
+                seq.num_registered = len(hits)
+                seq.mtp_len = start
+                seq.last_hidden = pool.extra.get(hits[-1])
+                seq.request.metrics.num_cached_tokens += start
+            seq.blocks.extend(pool.allocate(need))
             self.running.append(seq)
             entries.append(Scheduled(seq, num_real, []))
             budget -= num_real
         return SchedulerOutput(entries, preempted)
+
+    def _prefix_hits(self, seq: Sequence) -> list[int]:
+        """Cached blocks holding seq's longest prefix of full blocks, leaving at least one token to compute."""
+        bs = self.cache.block_size
+        n_full = (len(seq.tokens) - 1) // bs
+        seq.ensure_hashes(n_full, bs)
+        pool, hits = self.cache.pool, []
+        for h in seq.hashes[:n_full]:
+            b = pool.lookup(h)
+            if b is None:
+                break
+            hits.append(b)
+        if self.need_hidden:
+            while hits and hits[-1] not in pool.extra:
+                hits.pop()
+        return hits
