@@ -269,6 +269,7 @@ def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client
         (json.dumps({**ok, "messages": [{"content": "x"}]}), 400, "messages[0].role", None),
         (json.dumps({**ok, "top_p": 0}), 400, "top_p", None),
         (json.dumps({**ok, "n": 1000}), 400, "n", None),
+        (json.dumps({**ok, "n": 33}), 400, "n", "at most 32"),  # more than the batch: never admissible, not a 429
         (json.dumps({**ok, "top_logprobs": 2}), 400, "top_logprobs", None),
         (json.dumps({**ok, "stop": [""]}), 400, "stop", None),
         (json.dumps({**ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), 400, "tools", None),
@@ -376,6 +377,7 @@ def test_32_concurrent_streams_equal_the_same_requests_one_at_a_time(client, app
         return "".join(c.choices[0].text for c in stream)
 
     alone = [one(p) for p in prompts]
+    app.state.worker.peak_running_seqs = 0
     with ThreadPoolExecutor(32) as pool:
         together = list(pool.map(one, prompts))
     assert together == alone

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -145,7 +146,9 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
     worker = EngineWorker(engine, metrics, max_queue=cfg.max_queue)
     created = now()
     think_ids = engine.think_ids
-    api_key = cfg.api_key.encode() if cfg.api_key else None
+    # keys are compared as SHA-256 digests in constant time: neither the content nor the length leaks by timing
+    api_key = hashlib.sha256(cfg.api_key.encode()).digest() if cfg.api_key else None
+    page = _load_page()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -199,7 +202,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(401, "You didn't provide an API key. You need to provide your API key in an "
                                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.strip().encode(), api_key):  # constant time: no timing oracle
+        if not hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(), api_key):
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
 
@@ -219,9 +222,12 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
             raise context_overflow(max_len, n_prompt, requested, what)
         return requested
 
-    def params(req: Any, max_tokens: int, logprobs: int | None) -> SamplingParams:
-        if req.n > worker.max_num_seqs:
+    def check_n(n: int) -> None:
+        if n > worker.max_num_seqs:  # could never be admitted: a caller mistake, not overload
             raise APIError(400, f"n: at most {worker.max_num_seqs} choices per request on this server", param="n")
+
+    def params(req: Any, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        check_n(req.n)
         try:
             return SamplingParams(n=req.n, max_tokens=max_tokens, logprobs=logprobs, **req.sampling_kwargs())
         except ValueError as e:
@@ -236,7 +242,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
     # ------------------------------------------------------------------ routes
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(_load_page())
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -266,6 +272,8 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         req = parse(ChatCompletionRequest, await read_json(request, cfg.max_body_bytes))
         req.check()
         check_model(req.model)
+        check_n(req.n)
+        worker.check_room(req.n)  # shed load before the tokenizer's work
         if tok is None:
             raise APIError(400, "This model has no tokenizer, so no chat template: use /v1/completions with "
                                 "token ids.")
@@ -299,6 +307,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         req.check()
         check_model(req.model)
         prompts = req.prompts()
+        worker.check_room(len(prompts) * req.n)
         if len(prompts) * req.n > worker.max_num_seqs:
             raise APIError(400, f"prompt: {len(prompts)} prompts x n={req.n} exceed the {worker.max_num_seqs} "
                                 "sequences this server runs at once", param="prompt")

@@ -187,24 +187,31 @@ async def chat_stream(job: Job) -> AsyncIterator[str]:
             yield chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                          "finish_reason": None})
         while not job.handle.done:
-            out = await job.handle.next(job.keepalive_s)
-            if out is None:
+            outs = await job.handle.next_batch(job.keepalive_s)
+            if outs is None:
                 yield SSE_KEEPALIVE
                 continue
-            for c in out.outputs:
-                st = states[c.index]
-                reasoning, content = st.feed(c)
-                delta: dict[str, Any] = {}
-                if reasoning:
-                    delta["reasoning_content"] = reasoning
-                if content:
-                    delta["content"] = content
-                lp = None
-                if job.num_logprobs is not None and c.logprobs:
-                    lp = {"content": chat_logprobs(c, job.num_logprobs, job.tokenizer)}
-                fr = finish_reason(c.finish_reason)
-                if delta or lp or fr:
-                    yield chunk({"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": fr})
+            merged: dict[int, dict[str, Any]] = {}  # per choice, what these outputs add
+            for out in outs:
+                for c in out.outputs:
+                    m = merged.setdefault(c.index, {"reasoning_content": "", "content": "", "logprobs": [],
+                                                    "finish_reason": None})
+                    reasoning, content = states[c.index].feed(c)
+                    m["reasoning_content"] += reasoning
+                    m["content"] += content
+                    if job.num_logprobs is not None and c.logprobs:
+                        m["logprobs"] += chat_logprobs(c, job.num_logprobs, job.tokenizer)
+                    m["finish_reason"] = finish_reason(c.finish_reason)
+            events = []
+            for i in sorted(merged):
+                m = merged[i]
+                delta = {k: m[k] for k in ("reasoning_content", "content") if m[k]}
+                lp = {"content": m["logprobs"]} if m["logprobs"] else None
+                if delta or lp or m["finish_reason"]:
+                    events.append(chunk({"index": i, "delta": delta, "logprobs": lp,
+                                         "finish_reason": m["finish_reason"]}))
+            if events:
+                yield "".join(events)
         if job.include_usage:
             yield sse({**head, "choices": [], "usage": _usage(job, states)})
         yield SSE_DONE
@@ -247,21 +254,27 @@ async def completion_stream(job: Job, n_choices: int) -> AsyncIterator[str]:
                 yield sse({**head, "choices": [{"index": i, "text": job.echo[i // job.n], "logprobs": None,
                                                 "finish_reason": None}], **extra})
         while not job.handle.done:
-            out = await job.handle.next(job.keepalive_s)
-            if out is None:
+            outs = await job.handle.next_batch(job.keepalive_s)
+            if outs is None:
                 yield SSE_KEEPALIVE
                 continue
-            for c in out.outputs:
-                i = index[out.request_id] * job.n + c.index
-                states[i].feed(c)
-                lp = None
-                if job.num_logprobs is not None and c.logprobs:
-                    lp = completion_logprobs(c, job.num_logprobs, job.tokenizer, offsets[i])
-                offsets[i] += len(c.text)
-                fr = finish_reason(c.finish_reason)
-                if c.text or lp or fr:
-                    yield sse({**head, "choices": [{"index": i, "text": c.text, "logprobs": lp,
-                                                    "finish_reason": fr}], **extra})
+            merged: dict[int, dict[str, Any]] = {}  # per choice, what these outputs add
+            for out in outs:
+                for c in out.outputs:
+                    i = index[out.request_id] * job.n + c.index
+                    m = merged.setdefault(i, {"text": "", "logprobs": None, "finish_reason": None})
+                    states[i].feed(c)
+                    if job.num_logprobs is not None and c.logprobs:
+                        part = completion_logprobs(c, job.num_logprobs, job.tokenizer, offsets[i])
+                        m["logprobs"] = part if m["logprobs"] is None else {k: m["logprobs"][k] + part[k]
+                                                                            for k in part}
+                    offsets[i] += len(c.text)
+                    m["text"] += c.text
+                    m["finish_reason"] = finish_reason(c.finish_reason)
+            events = [sse({**head, "choices": [{"index": i, **m}], **extra}) for i, m in sorted(merged.items())
+                      if m["text"] or m["logprobs"] or m["finish_reason"]]
+            if events:
+                yield "".join(events)
         if job.include_usage:
             yield sse({**head, "choices": [], "usage": _usage(job, states)})
         yield SSE_DONE

@@ -60,26 +60,27 @@ class RequestHandle:
 
     async def _iter(self) -> AsyncIterator[RequestOutput]:
         while self.pending:
-            item = await self.queue.get()
-            if isinstance(item, BaseException):
-                self.pending.clear()
-                raise item
-            if item.finished:
-                self.pending.discard(item.request_id)
-            yield item
+            yield self._take(await self.queue.get())
 
-    async def next(self, timeout: float | None) -> RequestOutput | None:
-        """The next output, or None after `timeout` seconds without one (for SSE keep-alives)."""
-        try:
-            item = await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+    def _take(self, item: Any) -> RequestOutput:
         if isinstance(item, BaseException):
             self.pending.clear()
             raise item
         if item.finished:
             self.pending.discard(item.request_id)
         return item
+
+    async def next_batch(self, timeout: float | None) -> list[RequestOutput] | None:
+        """The next output and every other one already waiting (a stream that fell behind the engine sends them
+        as one write), or None after `timeout` seconds without any (for SSE keep-alives)."""
+        try:
+            first = await asyncio.wait_for(self.queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        items = [self._take(first)]
+        while self.pending and not self.queue.empty():
+            items.append(self._take(self.queue.get_nowait()))
+        return items
 
     @property
     def done(self) -> bool:
@@ -159,20 +160,32 @@ class EngineWorker:
             self._slots = 0
 
     # ------------------------------------------------------------------ from the event loop
+    def _refusal(self, slots: int) -> APIError | None:
+        retry = {"Retry-After": "1"}
+        if not self._accepting or not self.healthy:
+            return APIError(503, "The server is not accepting requests (starting, shutting down or failed). "
+                                 "Retry later.", code="service_unavailable", headers=retry)
+        if self._slots + slots > self.capacity:
+            return APIError(429, f"The server is overloaded: {self._slots} sequences in flight, room for "
+                                 f"{self.capacity} ({self.max_num_seqs} running + {self.max_queue} queued). "
+                                 "Retry later.", code="queue_full", headers=retry)
+        return None
+
+    def check_room(self, slots: int) -> None:
+        """Refuse early (before tokenizing) when the server is full; `submit` checks again under the lock."""
+        err = self._refusal(slots)
+        if err is not None:
+            raise err
+
     def submit(self, items: list[tuple[Any, SamplingParams]], loop: asyncio.AbstractEventLoop) -> RequestHandle:
         """Queue one engine request per (prompt, params), all or none. Raises APIError 429/503 when the server
         cannot take them, 400 for what the engine rejects."""
         slots = sum(p.n for _, p in items)
         queue: asyncio.Queue = asyncio.Queue()
-        retry = {"Retry-After": "1"}
         with self._lock:
-            if not self._accepting or not self.healthy:
-                raise APIError(503, "The server is not accepting requests (starting, shutting down or failed). "
-                                    "Retry later.", code="service_unavailable", headers=retry)
-            if self._slots + slots > self.capacity:
-                raise APIError(429, f"The server is overloaded: {self._slots} sequences in flight, room for "
-                                    f"{self.capacity} ({self.max_num_seqs} running + {self.max_queue} queued). "
-                                    "Retry later.", code="queue_full", headers=retry)
+            err = self._refusal(slots)
+            if err is not None:
+                raise err
             ids: list[str] = []
             arrival = time.time()
             try:
