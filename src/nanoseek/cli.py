@@ -233,6 +233,14 @@ def _eval(p: argparse.ArgumentParser) -> Runner:
     return run_eval
 
 
+@command("report", "efficiency report of a preset, model or run directory: total vs activated parameters, KV cache "
+                   "vs MHA/GQA, FLOPs, measured throughput and MFU, expert load, MTP acceptance, run curves")
+def _report(p: argparse.ArgumentParser) -> Runner:
+    from .report.cli import add_report_args, run_report
+    add_report_args(p)
+    return run_report
+
+
 # ---------------------------------------------------------------------------------------------------- plot
 @command("plot", "PNG charts of a run's metrics.jsonl: loss, lr, expert load; reward, accuracy, KL, lengths for GRPO")
 def _plot(p: argparse.ArgumentParser) -> Runner:

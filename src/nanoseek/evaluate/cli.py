@@ -48,7 +48,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run_eval(a: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_eval(a: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout  # looked up per call (tests replace sys.stdout)
     from .runner import evaluate, markdown_table, write_json
     if a.n < 1:
         raise ValueError(f"--n: must be >= 1 (got {a.n})")
