@@ -222,3 +222,27 @@ def test_bad_requests_raise_clear_errors(model):
     with pytest.raises(ValueError, match="speculative"):
         LLM(model, speculative="medusa")
     assert not llm.has_unfinished_requests()
+
+
+def test_n_samples_under_a_tiny_cache_and_early_stream_close(model, prompts, expected):
+    bpt = LLM(model).engine.cache.bytes_per_token
+    llm = LLM(model, cache_budget=64 * bpt, block_size=4, enable_prefix_caching=False)
+    outs = llm.generate(prompts[:2], SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True))
+    assert [[c.token_ids for c in o.outputs] for o in outs] == [[e] * 3 for e in expected[:2]]
+    assert llm.engine.scheduler.num_preemptions > 0
+    stream = llm.stream(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    next(stream)
+    stream.close()  # the consumer went away: its requests are aborted and their blocks freed
+    llm.step()
+    assert not llm.has_unfinished_requests()
+    assert llm.engine.cache.pool.num_free == llm.engine.cache.num_blocks
+
+
+def test_fork_without_a_free_block_recomputes_the_sample(model, prompts):
+    bpt = LLM(model).engine.cache.bytes_per_token
+    llm = LLM(model, cache_budget=8 * bpt, block_size=4, enable_prefix_caching=False)  # two blocks in all
+    sp = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    want = llm.generate([prompts[0]], sp)[0].outputs[0].token_ids
+    out = llm.generate([prompts[0]], sp.clone(n=2))[0]
+    assert [c.token_ids for c in out.outputs] == [want, want]
+    assert out.metrics.num_cached_tokens == 0  # the second sample could not share the prompt: recomputed
