@@ -115,22 +115,19 @@ def _convert(p: argparse.ArgumentParser) -> Runner:
 
 
 # ---------------------------------------------------------------------------------------------------- demo
-@command("demo", "the main job: the whole recipe on the built-in default")
+@command("demo", "the main job: tokenizer, pretraining, SFT, GRPO, evaluation and report on the built-in default")
 def _demo(p: argparse.ArgumentParser) -> Runner:
-    p.add_argument("--preset", default="tiny")
+    from .demo import STAGES
+    p.add_argument("--out", default="runs/demo", help="run directory (reruns resume and skip finished stages)")
+    p.add_argument("--preset", default="tiny", help="model preset to pretrain (tiny or small)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke run)")
+    p.add_argument("--skip", default="", help=f"comma-separated stages to leave out: {','.join(STAGES)}")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--eval-limit", type=int, default=50, help="test problems per evaluation")
 
     def run(a: argparse.Namespace) -> int:
-        import torch
-
-        from .info import count, format_info
-        from .model import Transformer
-        cfg = load_config(a.preset)
-        torch.manual_seed(0)
-        model = Transformer(cfg)
-        ids = torch.randint(0, cfg.vocab_size, (1, 16))
-        logits = model(ids)
-        print(format_info(a.preset, count(cfg)))
-        print(f"built {a.preset}: forward of {tuple(ids.shape)} tokens -> logits {tuple(logits.shape)}")
+        from .demo import run as demo_run
+        demo_run(a.out, a.preset, a.scale, tuple(s for s in a.skip.split(",") if s), a.threads, a.eval_limit)
         return 0
     return run
 
