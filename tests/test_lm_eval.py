@@ -53,7 +53,8 @@ def test_local_tasks_match_nanoseek_computed_directly(model_dir, offline):
     from lm_eval.tasks import TaskManager
 
     from nanoseek.lm_eval_model import NanoseekLM
-    lm = NanoseekLM(pretrained=str(model_dir), dtype="fp32", batch_size=4, device="cuda")  # falls back to the CPU
+    with pytest.warns(UserWarning, match="not available, using the CPU"):  # lm-eval's default device is cuda
+        lm = NanoseekLM(pretrained=str(model_dir), dtype="fp32", batch_size=4, device="cuda")
     assert lm.device.type == "cpu" and lm.max_length == 1024
     tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
     out = lm_eval.simple_evaluate(model=lm, tasks=TASKS, task_manager=tm, log_samples=True, bootstrap_iters=0)

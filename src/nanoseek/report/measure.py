@@ -3,7 +3,8 @@ the expert load, each a few steps long (seconds on the `tiny`/`small` presets, n
 
 * training: forward + cross-entropy (+ the MTP loss) + backward + AdamW step on a (batch, seq) batch, fp32;
   tokens/s is the median over the timed steps, MFU = tokens/s · FLOPs/token / peak, the peak being this machine's
-  best n×n matmul (nanoseek.train.perf), FLOPs/token from nanoseek.info at this sequence length.
+  best n×n matmul (nanoseek.train.perf), FLOPs/token from nanoseek.info at this sequence length (the main model
+  only, as the trainer's logged MFU: the MTP module's work is not counted, so MFU is slightly understated).
 * decode: the inference engine, greedy, EOS ignored; decode tokens/s = batch · (new − 1) / (time − time to first
   token), as bench/decode.py measures it.
 * speculative: the same with one MTP draft per step; acceptance = accepted drafts / drafts. With untrained
