@@ -44,6 +44,7 @@ class AttnMeta:
     dec_mask: torch.Tensor | None = None  # (B, S, T) True = may attend
     # prefill chunks: (row, n, context slots or None when the chunk is the whole context)
     prefill: list[tuple[int, int, torch.Tensor | None]] | None = None
+    dec_only: bool = False  # every row is its own decode query, in order: no gather/scatter of queries needed
 
 
 def build_meta(segments: list[Segment], block_size: int, device: torch.device, ctx_start: int = 0) -> AttnMeta:
@@ -69,6 +70,7 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
         mask = (cols[:, None] <= qpos[..., None]) & (cols[:, None] >= ctx_start)
         meta.dec_rows, meta.dec_valid = (row0 + jj).to(device), (j < lens).to(device)
         meta.dec_ctx, meta.dec_mask = ctx.to(device), mask.to(device)
+        meta.dec_only = S == 1 and len(dec) == len(segments) and all(s.row == i for i, s in enumerate(dec))
     pre = [s for s in segments if not s.decode]
     if pre:
         meta.prefill = []
@@ -95,6 +97,11 @@ class ModelRunner:
                    k_pe: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
         """q_nope (N,h,d), q_pe (N,h,r), this step's c (N,C), k_pe (N,R) -> (N,h,d_v)."""
         self.cache.write(layer, meta.slots, c, k_pe)
+        if meta.dec_only:  # plain decoding: query b is row b
+            c_ctx, pe_ctx = self.cache.gather(layer, meta.dec_ctx)
+            o = attn.absorbed(q_nope[:, None], q_pe[:, None], c_ctx.to(q_nope.dtype), pe_ctx.to(q_nope.dtype),
+                              meta.dec_mask)
+            return o[:, 0]
         out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_head_dim)
         if meta.dec_rows is not None:
             c_ctx, pe_ctx = self.cache.gather(layer, meta.dec_ctx)
