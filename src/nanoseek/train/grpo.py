@@ -222,7 +222,9 @@ class GRPOTrainer:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.prompts = Prompts(cfg)
         self.rewards = Rewards(cfg.reward_list(self.prompts.task), cfg.reward_weight_list(), log)
-        self.verifier = resolve_reward(self.prompts.task.reward) if self.prompts.task else None
+        # accuracy: the task's verifier; for a prompt file whose rows all have an `answer`, exact/numeric match
+        self.verifier = resolve_reward(self.prompts.task.reward) if self.prompts.task else \
+            (resolve_reward("accuracy") if all("answer" in r for r in self.prompts.rows) else None)
         self.rewards.check(self.prompts.rows or self.prompts.batch(0))
         self.balancer = LoadBalancer(self.model, cfg.bias_update_speed, 0.0)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
