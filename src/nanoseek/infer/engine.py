@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from .detok import Detokenizer
-from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from .outputs import OutputState, RequestMetrics, RequestOutput, build_output
 from .paged_cache import PagedLatentCache, bytes_per_token, parse_bytes
 from .runner import ModelRunner, Segment, build_meta
-from .sampling import (SamplingParams, apply_penalties, child_seed, filtered_logprobs, sample_from_logprobs,
-                       top_logprobs)
+from .sampling import Sampler, SamplingParams, apply_penalties, child_seed, top_logprobs
 from .scheduler import Scheduled, Scheduler, Sequence
-from .spec import verify_greedy, verify_sampled
+from .spec import MTPDrafter, verify_greedy, verify_sampled
+from .stopping import append_tokens
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -54,21 +54,6 @@ def parse_speculative(speculative: Any) -> int:
     raise ValueError(f"speculative: expected None, bool, int, 'mtp' or a dict (got {speculative!r})")
 
 
-@dataclass
-class _Output:
-    """Per-sample output state."""
-    detok: Detokenizer
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[dict[int, Logprob]] | None = None
-    cumulative_logprob: float = 0.0
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    sent_tokens: int = 0
-    thinking: bool = False
-    thinking_tokens: int = 0
-    reported_finish: bool = False
-
-
 @dataclass(eq=False)
 class Request:
     request_id: str
@@ -77,7 +62,7 @@ class Request:
     params: SamplingParams
     arrival_index: int
     metrics: RequestMetrics
-    outputs: list[_Output]
+    outputs: list[OutputState]
     seqs: list[Sequence] = field(default_factory=list)
     dirty: bool = False  # has something to report after this step
 
@@ -147,6 +132,8 @@ class LLMEngine:
                 self.eos_ids.add(tokenizer.eos_token_id)
             if hasattr(tokenizer, "token_to_id"):
                 self.think_ids = (tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>"))
+        self.sampler = Sampler(self.vocab_limit, self.generator)
+        self.drafter = MTPDrafter(self.runner, k, self.sampler, self.max_model_len) if k else None
         self.requests: dict[str, Request] = {}
         self._lock = threading.Lock()
         self._inbox: list[Request] = []
@@ -230,7 +217,7 @@ class LLMEngine:
             thinking = think_end not in ids[last_start:]
         outs = []
         for _ in range(params.n):
-            o = _Output(Detokenizer(self.tokenizer, params.skip_special_tokens, params.stop_list,
+            o = OutputState(Detokenizer(self.tokenizer, params.skip_special_tokens, params.stop_list,
                                     params.include_stop_str_in_output),
                         logprobs=[] if params.logprobs is not None else None, thinking=thinking)
             outs.append(o)
@@ -314,8 +301,8 @@ class LLMEngine:
         for e in entries:
             if not e.completes:
                 e.seq.num_computed += e.num_real
-        if self.num_spec:
-            self._mtp_pass(entries, segs, hidden, old, old_hidden)
+        if self.drafter is not None:
+            self.drafter.run(entries, segs, hidden, old, old_hidden)
         if self.prefix_caching:
             self._register_blocks(entries, segs, hidden, old)
         for e in entries:
@@ -341,9 +328,7 @@ class LLMEngine:
                     groups.append((self._new_seq(req, i, list(e.seq.tokens)), r, 1, [], e))
             r += n
         row_of = [g[1] + j for g in groups for j in range(g[2])]
-        x = logits[row_of].clone()
-        if self.vocab_limit < x.shape[-1]:
-            x[:, self.vocab_limit:] = float("-inf")
+        x = self.sampler.mask_vocab(logits[row_of].clone())
         i = 0
         for seq, _, n, _, _ in groups:  # penalties and min_tokens (stop tokens banned until then)
             p = seq.request.params
@@ -357,17 +342,8 @@ class LLMEngine:
                     if seq.num_output + j < p.min_tokens and ban:
                         x[i + j, ban] = float("-inf")
             i += n
-        params = [g[0].request.params for g in groups for _ in range(g[2])]
-        greedy = torch.tensor([p.greedy for p in params])
-        tokens = x.argmax(dim=-1)
-        logp = None
-        if not bool(greedy.all()):
-            sel = (~greedy).nonzero()[:, 0].tolist()
-            gens = [g[0].generator for g in groups for _ in range(g[2])]
-            logp = torch.full_like(x, float("-inf"))
-            logp[sel] = self._filter(x[sel], [params[j] for j in sel])
-            tokens[sel] = sample_from_logprobs(logp[sel], [gens[j] for j in sel], self.generator)
-        tok_list = tokens.tolist()
+        tok_list, logp = self.sampler.sample(x, [g[0].request.params for g in groups for _ in range(g[2])],
+                                             [g[0].generator for g in groups for _ in range(g[2])])
         results = []
         i = 0
         for seq, start, n, drafts, e in groups:
@@ -389,13 +365,6 @@ class LLMEngine:
             i += n
         return results
 
-    def _filter(self, x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        dev = x.device
-        return filtered_logprobs(
-            x, torch.tensor([p.temperature for p in params], device=dev),
-            torch.tensor([p.top_k for p in params], device=dev), torch.tensor([p.top_p for p in params], device=dev),
-            torch.tensor([p.min_p for p in params], device=dev))
-
     def _stop_ids(self, p: SamplingParams) -> set[int]:
         return set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_ids)
 
@@ -412,66 +381,8 @@ class LLMEngine:
         seq.num_computed = min(seq.num_computed, len(seq.tokens) - 1)  # a forced token is not computed yet
 
     def _emit(self, seq: Sequence, toks: list[int], lps: list[Any]) -> None:
-        """Append tokens one by one with the stop checks; stops at the first that ends the sequence."""
-        req, p, o = seq.request, seq.request.params, seq.state
-        m = req.metrics
-        m.num_steps += 1
-        if m.first_token_time is None:
-            m.first_token_time = time.time()
-        stop_ids = self._stop_ids(p)
-        think_start, think_end = self.think_ids
-        for j, sampled in enumerate(toks):
-            t = sampled
-            forced = (p.max_thinking_tokens is not None and o.thinking
-                      and o.thinking_tokens >= p.max_thinking_tokens and t != think_end)
-            if forced:
-                t = think_end  # reasoning budget spent: close the thought, the answer follows
-            if t == think_end:
-                o.thinking = False
-            elif t == think_start:
-                o.thinking = True
-            elif o.thinking:
-                o.thinking_tokens += 1
-            seq.tokens.append(t)
-            o.token_ids.append(t)
-            m.num_generated_tokens += 1
-            req.dirty = True
-            if o.logprobs is not None and j < len(lps):
-                self._add_logprob(o, t, lps[j], not forced)
-            n_out = len(o.token_ids)
-            if t in stop_ids and n_out >= p.min_tokens:
-                self._finish(seq, "stop", t if t in p.stop_token_ids else None)
-                if p.include_stop_str_in_output:
-                    o.detok.add(t)
-                return
-            stop = o.detok.add(t, check_stop=n_out >= p.min_tokens)
-            if stop is not None:
-                self._finish(seq, "stop", stop)
-                return
-            if p.max_tokens is not None and n_out >= p.max_tokens or len(seq.tokens) >= self.max_model_len:
-                self._finish(seq, "length", None)
-                return
-            if forced:
-                return  # the tokens sampled after the forced one no longer follow
-
-    def _add_logprob(self, o: _Output, t: int, lp: tuple, same: bool) -> None:
-        chosen, rank, vals, top = lp
-        tok = self.tokenizer
-        dec = (lambda i: tok.decode([i], skip_special_tokens=False)) if tok is not None else (lambda i: None)
-        entry = {i: Logprob(v, r + 1, dec(i)) for r, (v, i) in enumerate(zip(vals, top))}
-        if t not in entry:
-            entry[t] = Logprob(chosen if same else float("nan"), rank if same else -1, dec(t))
-        o.logprobs.append(entry)
-        o.cumulative_logprob += entry[t].logprob
-
-    def _finish(self, seq: Sequence, reason: str, stop_reason: int | str | None) -> None:
-        seq.finished = True
-        seq.state.finish_reason = reason
-        seq.state.stop_reason = stop_reason
-        seq.drafts, seq.draft_logp = [], None
-        req = seq.request
-        if req.finished:
-            req.metrics.finished_time = time.time()
+        append_tokens(seq, toks, lps, self._stop_ids(seq.request.params), self.think_ids, self.max_model_len,
+                      self.tokenizer)
 
     # ------------------------------------------------------------------ prefix caching
     def _register_blocks(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor,
@@ -524,95 +435,6 @@ class LLMEngine:
             child.mtp_len = n_prompt  # the row at n_prompt used the leader's token: recompute it
             self.scheduler.running.append(child)
 
-    # ------------------------------------------------------------------ speculative decoding: MTP pass
-    def _mtp_pass(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor,
-                  old: dict[int, int], old_hidden: dict[int, torch.Tensor | None]) -> None:
-        """Fill MTP rows [mtp_len, min(C + 1, len(tokens))) of every scheduled sequence and draft from the last."""
-        k = self.num_spec
-        mtp_segs, ids, pos, hid, who, row = [], [], [], [], [], 0
-        for e, seg in zip(entries, segs):
-            s = e.seq
-            c_old, c_new = old[id(s)], s.num_computed
-            if c_new > c_old:
-                s.last_hidden = hidden[seg.row + c_new - 1 - c_old].clone()
-            if s.finished:
-                continue
-            m_old, m_new = s.mtp_len, min(c_new + 1, len(s.tokens))
-            assert m_old >= c_old, "MTP cache fell behind the main cache"
-            if m_new <= m_old:
-                continue
-            for p in range(m_old, m_new):
-                q = p - 1  # hidden of position p − 1
-                if q < c_old:
-                    assert old_hidden[id(s)] is not None, "MTP row needs the previous step's hidden state"
-                    hid.append(old_hidden[id(s)])
-                else:
-                    hid.append(hidden[seg.row + q - c_old])
-            ids += s.tokens[m_old:m_new]
-            pos += range(m_old, m_new)
-            n = m_new - m_old
-            mtp_segs.append(Segment(row, n, m_old, s.blocks, decode=n <= k + 1))
-            who.append((s, row + n - 1, m_new == c_new + 1))
-            s.mtp_len = m_new
-            row += n
-        for s in [e.seq for e in entries]:
-            s.drafts, s.draft_logp = [], None
-        if not mtp_segs:
-            return
-        dev = self.device
-        meta = build_meta(mtp_segs, self.cache.block_size, dev, ctx_start=1)
-        g = self.runner.mtp(0, torch.tensor(ids, device=dev), torch.stack(hid), torch.tensor(pos, device=dev), meta)
-        # draft from the row at position C (it predicts C + 1), then chain the module on its own output
-        drafting = [(s, r) for s, r, last in who
-                    if last and len(s.tokens) == s.num_computed + 1 and self._num_drafts(s) > 0]
-        if not drafting:
-            return
-        h = g[[r for _, r in drafting]]
-        seqs = [s for s, _ in drafting]
-        for depth in range(k):
-            live = [i for i, s in enumerate(seqs) if self._num_drafts(s) > depth]
-            if not live:
-                break
-            if len(live) < len(seqs):
-                seqs, h = [seqs[i] for i in live], h[live]
-            tok, logp = self._draft_tokens(seqs, self.runner.logits(h))
-            for i, s in enumerate(seqs):
-                s.drafts.append(tok[i])
-                if logp is not None and not s.request.params.greedy:
-                    s.draft_logp = logp[i:i + 1] if s.draft_logp is None else torch.cat([s.draft_logp, logp[i:i + 1]])
-            if depth + 1 >= k:
-                break
-            # provisional row at the draft's position (overwritten by the next step's MTP pass)
-            segs2, pos2 = [], []
-            for i, s in enumerate(seqs):
-                p = len(s.tokens) - 1 + depth + 1
-                segs2.append(Segment(i, 1, p, s.blocks, decode=True))
-                pos2.append(p)
-            meta2 = build_meta(segs2, self.cache.block_size, dev, ctx_start=1)
-            h = self.runner.mtp(0, torch.tensor([s.drafts[-1] for s in seqs], device=dev), h,
-                                torch.tensor(pos2, device=dev), meta2)
-
-    def _num_drafts(self, s: Sequence) -> int:
-        p = s.request.params
-        if p.has_penalties:
-            return 0
-        left = self.max_model_len - len(s.tokens) - 1
-        if p.max_tokens is not None:
-            left = min(left, p.max_tokens - s.num_output - 1)
-        return max(0, min(self.num_spec, left))
-
-    def _draft_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
-        if self.vocab_limit < logits.shape[-1]:
-            logits[:, self.vocab_limit:] = float("-inf")
-        tokens = logits.argmax(dim=-1)
-        sel = [i for i, s in enumerate(seqs) if not s.request.params.greedy]
-        logp = None
-        if sel:
-            logp = torch.full_like(logits, float("-inf"))
-            logp[sel] = self._filter(logits[sel], [seqs[i].request.params for i in sel])
-            tokens[sel] = sample_from_logprobs(logp[sel], [seqs[i].generator for i in sel], self.generator)
-        return tokens.tolist(), logp
-
     # ------------------------------------------------------------------ outputs
     def _collect(self) -> list[RequestOutput]:
         outs = []
@@ -621,27 +443,9 @@ class LLMEngine:
             if not req.dirty:
                 continue
             req.dirty = False
-            finished = req.finished
-            kind = req.params.output_kind
-            if finished:
+            if req.finished:
                 del self.requests[rid]
-            if kind == "final_only" and not finished:
-                continue
-            comps = []
-            for i, o in enumerate(req.outputs):
-                final = o.finish_reason is not None
-                if kind == "delta":
-                    text = o.detok.delta(final)
-                    new_ids = o.token_ids[o.sent_tokens:]
-                    lps = o.logprobs[o.sent_tokens:] if o.logprobs is not None else None
-                    if not text and not new_ids and (o.reported_finish or not final):
-                        continue
-                    o.sent_tokens = len(o.token_ids)
-                else:
-                    text, new_ids, lps = o.detok.visible(final), o.token_ids, o.logprobs
-                o.reported_finish = final
-                comps.append(CompletionOutput(
-                    i, text, list(new_ids), o.cumulative_logprob if o.logprobs is not None else None,
-                    list(lps) if lps is not None else None, o.finish_reason, o.stop_reason))
-            outs.append(RequestOutput(rid, req.prompt, req.prompt_token_ids, comps, finished, req.metrics))
+            out = build_output(req)
+            if out is not None:
+                outs.append(out)
         return outs

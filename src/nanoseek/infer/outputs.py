@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -62,3 +63,43 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+@dataclass
+class OutputState:
+    """The engine's running state of one of a request's n samples."""
+    detok: Any  # detok.Detokenizer
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] | None = None
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    sent_tokens: int = 0
+    thinking: bool = False
+    thinking_tokens: int = 0
+    reported_finish: bool = False
+
+
+def build_output(req: Any) -> RequestOutput | None:
+    """The RequestOutput to report for a request that made progress, per its output_kind: "cumulative" (all so far),
+    "delta" (only what is new since the last report), "final_only" (once, when finished; None before)."""
+    finished = all(o.finish_reason is not None for o in req.outputs)
+    kind = req.params.output_kind
+    if kind == "final_only" and not finished:
+        return None
+    comps = []
+    for i, o in enumerate(req.outputs):
+        final = o.finish_reason is not None
+        if kind == "delta":
+            text = o.detok.delta(final)
+            new_ids = o.token_ids[o.sent_tokens:]
+            lps = o.logprobs[o.sent_tokens:] if o.logprobs is not None else None
+            if not text and not new_ids and (o.reported_finish or not final):
+                continue
+            o.sent_tokens = len(o.token_ids)
+        else:
+            text, new_ids, lps = o.detok.visible(final), o.token_ids, o.logprobs
+        o.reported_finish = final
+        comps.append(CompletionOutput(i, text, list(new_ids), o.cumulative_logprob if o.logprobs is not None else None,
+                                      list(lps) if lps is not None else None, o.finish_reason, o.stop_reason))
+    return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, comps, finished, req.metrics)

@@ -55,7 +55,7 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
     meta = AttnMeta(slots=torch.tensor(slots, dtype=torch.long, device=device))
     dec = [s for s in segments if s.decode]
     if dec:
-        B, S = len(dec), max(s.n for s in dec)
+        S = max(s.n for s in dec)
         T = max(s.start + s.n for s in dec)
         nb = -(-T // bs)
         table = torch.tensor([s.blocks[:nb] + [0] * (nb - len(s.blocks[:nb])) for s in dec], dtype=torch.long)

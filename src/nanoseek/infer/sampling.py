@@ -183,3 +183,37 @@ def top_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[to
     rank = (logp > chosen[:, None]).sum(dim=-1) + 1
     vals, ids = logp.topk(k, dim=-1) if k > 0 else (logp[:, :0], tokens[:, None][:, :0])
     return chosen, rank, vals, ids
+
+
+class Sampler:
+    """Samples one token per logits row with each row's SamplingParams: masks padded vocabulary rows, argmax for
+    greedy rows, filtered_logprobs + the exponential race for the others."""
+
+    def __init__(self, vocab_limit: int, generator: torch.Generator | None):
+        self.vocab_limit = vocab_limit  # ids >= this (a model's padded embedding rows) are never produced
+        self.generator = generator  # for rows of requests without their own seed
+
+    def mask_vocab(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vocab_limit < x.shape[-1]:
+            x[:, self.vocab_limit:] = float("-inf")
+        return x
+
+    def filter(self, x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        dev = x.device
+        return filtered_logprobs(
+            x, torch.tensor([p.temperature for p in params], device=dev),
+            torch.tensor([p.top_k for p in params], device=dev), torch.tensor([p.top_p for p in params], device=dev),
+            torch.tensor([p.min_p for p in params], device=dev))
+
+    def sample(self, x: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+               ) -> tuple[list[int], torch.Tensor | None]:
+        """x (rows, V) processed logits (vocabulary masked, penalties applied). Returns the tokens and, when some
+        row samples, the log-probabilities sampled from (rows, V; −inf rows for greedy ones)."""
+        tokens = x.argmax(dim=-1)
+        sel = [i for i, p in enumerate(params) if not p.greedy]
+        logp = None
+        if sel:
+            logp = torch.full_like(x, float("-inf"))
+            logp[sel] = self.filter(x[sel], [params[i] for i in sel])
+            tokens[sel] = sample_from_logprobs(logp[sel], [generators[i] for i in sel], self.generator)
+        return tokens.tolist(), logp

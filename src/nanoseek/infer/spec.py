@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .sampling import sample_from_logprobs, uniform
+from .runner import ModelRunner, Segment, build_meta
+from .sampling import Sampler, sample_from_logprobs, uniform
+from .scheduler import Scheduled, Sequence
 
 
 def verify_greedy(drafts: list[int], target_argmax: list[int]) -> tuple[int, int]:
@@ -53,3 +55,89 @@ def verify_sampled(drafts: list[int], draft_logp: torch.Tensor, target_logp: tor
             logp = (residual / total).log() if total > 0 else target_logp[j]
             return j, int(sample_from_logprobs(logp[None], [generator], default)[0])
     return k, bonus
+
+
+class MTPDrafter:
+    """Keeps the MTP layer's cache filled and proposes each decoding sequence's draft tokens for the next step."""
+
+    def __init__(self, runner: ModelRunner, num_spec: int, sampler: Sampler, max_model_len: int):
+        self.runner = runner
+        self.cache = runner.cache
+        self.k = num_spec
+        self.sampler = sampler
+        self.max_model_len = max_model_len
+
+    def num_drafts(self, s: Sequence) -> int:
+        """Drafts worth proposing: none for requests with penalties (their logits depend on the drafts), and never
+        more than the tokens the request may still produce minus the bonus token."""
+        p = s.request.params
+        if p.has_penalties:
+            return 0
+        left = self.max_model_len - len(s.tokens) - 1
+        if p.max_tokens is not None:
+            left = min(left, p.max_tokens - s.num_output - 1)
+        return max(0, min(self.k, left))
+
+    def run(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor, old: dict[int, int],
+            old_hidden: dict[int, torch.Tensor | None]) -> None:
+        """After a main-model step: fill MTP rows [mtp_len, min(C + 1, len(tokens))) of every scheduled sequence
+        (row p from the main hidden state at p − 1 and token p) and draft from the row at C."""
+        mtp_segs, ids, pos, hid, who, row = [], [], [], [], [], 0
+        for e, seg in zip(entries, segs):
+            s = e.seq
+            c_old, c_new = old[id(s)], s.num_computed
+            if c_new > c_old:
+                s.last_hidden = hidden[seg.row + c_new - 1 - c_old].clone()
+            s.drafts, s.draft_logp = [], None
+            if s.finished:
+                continue
+            m_old, m_new = s.mtp_len, min(c_new + 1, len(s.tokens))
+            assert m_old >= c_old, "MTP cache fell behind the main cache"
+            if m_new <= m_old:
+                continue
+            for p in range(m_old, m_new):
+                if p - 1 < c_old:
+                    assert old_hidden[id(s)] is not None, "MTP row needs the previous step's hidden state"
+                    hid.append(old_hidden[id(s)])
+                else:
+                    hid.append(hidden[seg.row + p - 1 - c_old])
+            ids += s.tokens[m_old:m_new]
+            pos += range(m_old, m_new)
+            n = m_new - m_old
+            mtp_segs.append(Segment(row, n, m_old, s.blocks, decode=n <= self.k + 1))
+            who.append((s, row + n - 1, m_new == c_new + 1))
+            s.mtp_len = m_new
+            row += n
+        if not mtp_segs:
+            return
+        dev, bs = hidden.device, self.cache.block_size
+        meta = build_meta(mtp_segs, bs, dev, ctx_start=1)
+        g = self.runner.mtp(0, torch.tensor(ids, device=dev), torch.stack(hid), torch.tensor(pos, device=dev), meta)
+        # draft from the row at position C (it predicts C + 1) of sequences that are decoding
+        drafting = [(s, r) for s, r, last in who
+                    if last and len(s.tokens) == s.num_computed + 1 and self.num_drafts(s) > 0]
+        if not drafting:
+            return
+        h = g[[r for _, r in drafting]]
+        seqs = [s for s, _ in drafting]
+        for depth in range(self.k):
+            live = [i for i, s in enumerate(seqs) if self.num_drafts(s) > depth]
+            if not live:
+                break
+            if len(live) < len(seqs):
+                seqs, h = [seqs[i] for i in live], h[live]
+            logits = self.sampler.mask_vocab(self.runner.logits(h))
+            tok, logp = self.sampler.sample(logits, [s.request.params for s in seqs], [s.generator for s in seqs])
+            for i, s in enumerate(seqs):
+                s.drafts.append(tok[i])
+                if logp is not None and not s.request.params.greedy:
+                    q = logp[i:i + 1]
+                    s.draft_logp = q if s.draft_logp is None else torch.cat([s.draft_logp, q])
+            if depth + 1 >= self.k:
+                break
+            # chain: the module on its own output and the draft, a provisional row overwritten next step
+            p = [len(s.tokens) + depth for s in seqs]
+            meta2 = build_meta([Segment(i, 1, p[i], s.blocks, decode=True) for i, s in enumerate(seqs)], bs, dev,
+                               ctx_start=1)
+            h = self.runner.mtp(0, torch.tensor([s.drafts[-1] for s in seqs], device=dev), h,
+                                torch.tensor(p, device=dev), meta2)
