@@ -323,6 +323,27 @@ def test_auth(base, client):
     _healthy(base, client)
 
 
+def test_an_engine_failure_is_a_500_in_openai_shape_and_the_server_recovers(base, client, app, monkeypatch):
+    engine = app.state.worker.engine
+    real_step, fail = engine.step, [1]
+
+    def flaky_step():
+        if fail[0]:
+            fail[0] -= 1
+            raise RuntimeError("simulated fault")
+        return real_step()
+    monkeypatch.setattr(engine, "step", flaky_step)
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model=NAME, messages=USER, max_tokens=4)
+    assert e.value.status_code == 500 and "simulated fault" in e.value.body["message"]
+    fail[0] = 1
+    with pytest.raises(openai.APIError, match="simulated fault"):  # mid-stream: an error event ends the stream
+        list(client.chat.completions.create(model=NAME, messages=USER, max_tokens=4, stream=True))
+    monkeypatch.setattr(engine, "step", real_step)
+    _idle(app)
+    _healthy(base, client)
+
+
 # ---------------------------------------------------------------------------------------------------- load, cancel
 def test_disconnect_mid_stream_frees_the_request(base, app):
     worker, engine = app.state.worker, app.state.worker.engine

@@ -93,6 +93,8 @@ class RequestHandle:
 
 
 class EngineWorker:
+    MAX_CONSECUTIVE_FAILURES = 3
+
     def __init__(self, engine: Any, metrics: Metrics, max_queue: int = 256, idle_wait_s: float = 0.5):
         if not isinstance(max_queue, int) or max_queue < 0:
             raise ValueError(f"max_queue: must be an integer >= 0 (got {max_queue!r})")
@@ -232,6 +234,7 @@ class EngineWorker:
 
     def _run(self) -> None:
         engine = self.engine
+        failures = 0  # consecutive failed steps
         while not self._stop.is_set():
             self._wake.clear()
             if not engine.has_unfinished_requests():
@@ -243,22 +246,24 @@ class EngineWorker:
             except Exception as e:  # a bug or resource failure: fail the requests in flight, keep serving
                 log.exception("engine step failed")
                 self._fail_all(e)
+                failures += 1
+                if failures >= self.MAX_CONSECUTIVE_FAILURES:
+                    self.error = e  # /health answers 503 and new requests are refused from now on
+                    log.error("the engine failed %d steps in a row: serving stopped", failures)
+                    return
                 continue
+            failures = 0
             self._dispatch(outs)
             self._publish_state()
 
     def _fail_all(self, e: Exception) -> None:
+        """Answer every request in flight with the error and abort it (the next step frees its blocks)."""
         with self._lock:
             ids = list(self._tracked)
             for r in ids:
                 self._deliver(self._tracked[r], EngineError(f"the engine failed: {type(e).__name__}: {e}"))
             self._forget(ids)
         self.engine.abort_request(ids)
-        try:  # let the engine drop them now, so their blocks are freed
-            self.engine.step()
-        except Exception:
-            self.error = e
-            log.exception("engine cannot recover; the server reports unhealthy")
 
     def _dispatch(self, outs: list[RequestOutput]) -> None:
         now = time.perf_counter()
