@@ -314,6 +314,12 @@ def test_config_round_trip_and_transformers5_rope_parameters(tmp_path):
     assert ModelConfig.from_dict({**d, "q_lora_rank": 0}).q_lora_rank is None
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_dict({"hidden_size": 8})
+    # transformers writes null groups for V2 greedy routing and `dtype` instead of torch_dtype
+    lite = ModelConfig.preset("deepseek-v2-lite").to_dict()
+    lite.update(n_group=None, topk_group=None, n_routed_experts=6, num_experts_per_tok=2, dtype="bfloat16")
+    lite.pop("torch_dtype")
+    v2 = ModelConfig.from_dict(lite)
+    assert (v2.n_group, v2.topk_group, v2.torch_dtype) == (1, 1, "bfloat16")
 
 
 def test_cli_info_json(capsys):

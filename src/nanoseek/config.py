@@ -182,10 +182,15 @@ class ModelConfig:
                 d.setdefault("rope_theta", rp.pop("rope_theta"))
             if rp.get("rope_type", rp.get("type", "default")) != "default":
                 d["rope_scaling"] = rp
+        if "dtype" in d and "torch_dtype" not in d:  # transformers 5 writes `dtype`
+            d["torch_dtype"] = d.pop("dtype")
         if d.get("num_nextn_predict_layers") is None:
             d["num_nextn_predict_layers"] = d.get("num_mtp_layers") or 0
         d.pop("num_mtp_layers", None)
         if d.get("model_type") == "deepseek_v2":
+            for k in ("n_group", "topk_group"):  # transformers writes null for ungrouped V2 routing
+                if d.get(k) is None:
+                    d[k] = 1
             d.setdefault("topk_method", "greedy")
             d.setdefault("scoring_func", "softmax")
             d.setdefault("norm_topk_prob", False)
