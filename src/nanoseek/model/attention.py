@@ -86,10 +86,14 @@ class MLA(nn.Module):
         k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
+        # The fused (flash) SDPA kernels need V as wide as Q and K: zero-pad V, slice the output back.
+        pad = q.shape[-1] - self.v_head_dim
+        if pad > 0:
+            v = F.pad(v, (0, pad))
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             attn_mask=None if mask is None else mask[:, None], is_causal=mask is None, scale=self.softmax_scale)
-        return o.transpose(1, 2)
+        return o.transpose(1, 2)[..., :self.v_head_dim]
 
     def absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c: torch.Tensor, k_pe: torch.Tensor,
                  mask: torch.Tensor | None) -> torch.Tensor:
