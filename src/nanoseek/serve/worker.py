@@ -265,9 +265,16 @@ class EngineWorker:
             self._forget(ids)
         self.engine.abort_request(ids)
 
+    @staticmethod
+    def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
+        for queue, item in items:
+            queue.put_nowait(item)
+
     def _dispatch(self, outs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their requests: one wake-up of each event loop per step, not one per output."""
         now = time.perf_counter()
         m = self.metrics
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
         with self._lock:
             for out in outs:
                 t = self._tracked.get(out.request_id)
@@ -289,7 +296,12 @@ class EngineWorker:
                         self.abort_lags.append(self.engine.stats["steps"] - t.abort_step)
                         del self.abort_lags[:-100]
                     self._forget([out.request_id])
-                self._deliver(t, out)
+                by_loop.setdefault(t.loop, []).append((t.queue, out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._put_all, items)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
 
     def _publish_state(self) -> None:
         e = self.engine
