@@ -440,15 +440,16 @@ class Chromium:
     def __init__(self, exe: str):
         r_cmd, self.w = os.pipe()
         self.r, w_out = os.pipe()
-        # the child's ends above 10 first, so moving them to 3 and 4 cannot overwrite one with the other
+        # the child's ends above 10 first, so moving them to 3 and 4 cannot overwrite one with the other; the
+        # shell (bash: multi-digit fds) moves them (no preexec_fn: this process runs server threads)
         hi_in, hi_out = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (r_cmd, w_out))
         os.close(r_cmd)
         os.close(w_out)
+        args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--remote-debugging-pipe", "--window-size=1000,760", "about:blank"]
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--remote-debugging-pipe", "--window-size=1000,760", "about:blank"],
-            pass_fds=(3, 4), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: (os.dup2(hi_in, 3), os.dup2(hi_out, 4)))
+            ["bash", "-c", f'exec "$@" 3<&{hi_in} 4>&{hi_out} {hi_in}<&- {hi_out}>&-', "bash", *args],
+            pass_fds=(hi_in, hi_out), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(hi_in)
         os.close(hi_out)
         self.buf, self.next_id, self.session = b"", 0, None
