@@ -65,8 +65,8 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def live_server(model_dir: Path, *, api_key: str | None = KEY, max_num_seqs: int = 32, max_queue: int = 32,
-                graceful_s: float = 5.0, **config):
-    llm = nanoseek.LLM(model_dir, max_num_seqs=max_num_seqs)
+                graceful_s: float = 5.0, speculative: int | None = None, **config):
+    llm = nanoseek.LLM(model_dir, max_num_seqs=max_num_seqs, speculative=speculative)
     app = create_app(llm, ServeConfig(served_model_name=NAME, api_key=api_key, max_queue=max_queue, **config))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
@@ -371,7 +371,7 @@ def test_disconnect_mid_stream_frees_the_request(base, app):
 
 
 def test_overload_is_shed_with_retry_after(model_dir):
-    with live_server(model_dir, max_num_seqs=1, max_queue=1) as (base, app, _):
+    with live_server(model_dir, max_num_seqs=1, max_queue=1, speculative=1) as (base, app, _):  # MTP drafts too
         client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
         long = dict(model=NAME, messages=USER, max_tokens=900, stream=True, extra_body={"ignore_eos": True})
         s1 = client.chat.completions.create(**long)
@@ -387,6 +387,9 @@ def test_overload_is_shed_with_retry_after(model_dir):
         _healthy(base, client)
         m = httpx.get(base + "/metrics").text
         assert re.search(r'http_requests_total\{[^}]*endpoint="/v1/chat/completions",status="429"\} 1', m)
+        drafts = float(re.search(r"spec_decode_num_draft_tokens_total\{[^}]*\} (\S+)", m).group(1))
+        rate = float(re.search(r"spec_decode_draft_acceptance_rate\{[^}]*\} (\S+)", m).group(1))
+        assert drafts > 0 and 0 <= rate <= 1
 
 
 def test_32_concurrent_streams_equal_the_same_requests_one_at_a_time(client, app):
