@@ -1,6 +1,5 @@
 """Chat SFT: reasoning traces are trained (not stripped by the R1 template), assistant-only loss, the sft command."""
 import json
-import os
 
 import pytest
 import torch
@@ -103,8 +102,9 @@ def test_sft_command_on_a_builtin_task(model_dir, tmp_path):
     assert not torch.equal(tuned.head.weight, base.head.weight)  # started from the base weights, then moved
     assert Tokenizer.from_pretrained(out).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     # the data were written as chat jsonl with reasoning_content and prepared into the run directory
-    first = json.loads(open(tmp_path / "data" / "task-arithmetic.jsonl").readline())
-    assert first["messages"][1]["reasoning_content"] and (tmp_path / "data" / "task-arithmetic" / "manifest.json").exists()
+    [jsonl] = (tmp_path / "data").glob("task-arithmetic-*.jsonl")
+    assert json.loads(jsonl.open().readline())["messages"][1]["reasoning_content"]
+    assert (jsonl.parent / jsonl.stem / "manifest.json").exists()
     # resume continues from the last checkpoint to a longer horizon
     assert main(run_args(tmp_path, "--model", model_dir, "--task", "arithmetic", "--task-examples", "200",
                          "--task-levels", "1,2", "--max_steps", "8", "--resume", "true")) == 0
@@ -114,7 +114,8 @@ def test_sft_command_on_a_builtin_task(model_dir, tmp_path):
 def test_sft_command_on_chat_jsonl_and_bad_input(model_dir, tmp_path, capsys):
     chats = tmp_path / "chats.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"What is {i}+{i}?"},
-                          {"role": "assistant", "content": f"\\boxed{{{2 * i}}}", "reasoning_content": f"{i}+{i}={2 * i}"}]}
+                          {"role": "assistant", "content": f"\\boxed{{{2 * i}}}",
+                           "reasoning_content": f"{i}+{i}={2 * i}"}]}
             for i in range(40)]
     chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(run_args(tmp_path / "a", "--model", model_dir, "--data", str(chats), "--max_steps", "2")) == 0

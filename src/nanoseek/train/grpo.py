@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..rewards import required_fields, resolve_reward
 from . import distributed, state
@@ -77,7 +76,9 @@ class Prompts:
             self.rows = load_rows(cfg.data)
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        return row["messages"] if isinstance(row.get("messages"), list) else [{"role": "user", "content": row["prompt"]}]
+        if isinstance(row.get("messages"), list):
+            return row["messages"]
+        return [{"role": "user", "content": row["prompt"]}]
 
     def batch(self, step: int) -> list[dict[str, Any]]:
         if self.task is not None:

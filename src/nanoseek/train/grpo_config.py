@@ -13,7 +13,7 @@ models; the tiny CPU models here need about 1e-4).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .config import _coerce

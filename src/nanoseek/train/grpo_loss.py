@@ -15,8 +15,8 @@ For a prompt q, G completions o_1..o_G are sampled from π_old and scored r_1..r
                   "dr_grpo": Σ_{i,t} ℓ_{i,t} / (G · L_max)       (a constant normaliser)
 
 With one policy update per batch (num_iterations = 1) π_old is π_θ itself, detached: ρ = 1 in value, the loss value
-is β·KL (zero when β = 0), and the gradient is the policy gradient −Â·∇log π_θ. When the batch is processed in
-micro-batches, pass the whole batch's normalisers (`num_sequences`, `num_tokens`) so that the micro-batch losses sum
+is β·KL (zero when β = 0), and the gradient is the policy gradient −Â·∇log π_θ. When the batch is processed
+in micro-batches, pass the whole batch's normalisers (`num_sequences`, `num_tokens`) so that the micro-batch losses sum
 to the loss of the whole batch.
 """
 from __future__ import annotations

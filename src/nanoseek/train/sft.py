@@ -13,6 +13,7 @@ Fine-tuning starts from the model directory's weights; `--model PRESET` with `--
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -73,15 +74,17 @@ def task_sft_rows(task: str, n: int, levels: Sequence[int] | None = None, seed: 
     return rows
 
 
-def resolve_inputs(cfg: TrainConfig, task: str | None, task_examples: int, task_levels: Sequence[int] | None
-                   ) -> tuple[list[str] | str, str]:
-    """(what to prepare: jsonl files or an already prepared directory, its name in run_dir/data)."""
+def resolve_inputs(cfg: TrainConfig, task: str | None, task_examples: int, task_levels: Sequence[int] | None,
+                   write: bool = True) -> tuple[list[str] | str, str]:
+    """(what to prepare: jsonl files or an already prepared directory, its name in run_dir/data). A task's file is
+    written when `write` (the main process) and missing."""
     if task:
         if cfg.data:
             raise ValueError("sft: give --data or --task, not both")
-        name = f"task-{task}"
+        spec = json.dumps([task, task_examples, list(task_levels or []), cfg.seed])
+        name = f"task-{task}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"  # other settings, other data
         path = os.path.join(cfg.run_dir, "data", f"{name}.jsonl")
-        if not os.path.exists(path):
+        if write and not os.path.exists(path):
             write_jsonl(path, task_sft_rows(task, task_examples, task_levels, cfg.seed))
         return [path], name
     if not cfg.data or cfg.data in CORPORA:
@@ -100,7 +103,7 @@ def sft_data(cfg: TrainConfig, env: distributed.DistEnv, global_batch: int, task
              task_examples: int = 2000, task_levels: Sequence[int] | None = None,
              log: Callable[[str], None] = print) -> Data:
     tok_dir = tokenizer_dir(cfg)
-    inputs, name = resolve_inputs(cfg, task, task_examples, task_levels)
+    inputs, name = resolve_inputs(cfg, task, task_examples, task_levels, write=env.is_main)
     if isinstance(inputs, str):
         data_dir = inputs
         read_manifest(data_dir)
