@@ -336,6 +336,7 @@ def test_an_engine_failure_is_a_500_in_openai_shape_and_the_server_recovers(base
     with pytest.raises(openai.InternalServerError) as e:
         client.chat.completions.create(model=NAME, messages=USER, max_tokens=4)
     assert e.value.status_code == 500 and "simulated fault" in e.value.body["message"]
+    _idle(app)  # the aborted request drained, so the next fault hits the next request
     fail[0] = 1
     with pytest.raises(openai.APIError, match="simulated fault"):  # mid-stream: an error event ends the stream
         list(client.chat.completions.create(model=NAME, messages=USER, max_tokens=4, stream=True))
@@ -385,6 +386,8 @@ def test_overload_is_shed_with_retry_after(model_dir):
         s2.close()
         _idle(app)
         _healthy(base, client)
+        client.chat.completions.create(model=NAME, messages=USER, max_tokens=8, temperature=0,
+                                       extra_body={"ignore_eos": True})  # decodes with MTP drafts
         m = httpx.get(base + "/metrics").text
         assert re.search(r'http_requests_total\{[^}]*endpoint="/v1/chat/completions",status="429"\} 1', m)
         drafts = float(re.search(r"spec_decode_num_draft_tokens_total\{[^}]*\} (\S+)", m).group(1))
