@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..model.rope import rope_cos_sin
-from .paged_cache import PagedLatentCache, slots_for
+from .paged_cache import PagedLatentCache
 
 
 @dataclass
@@ -40,10 +40,11 @@ class AttnMeta:
     # decode group
     dec_rows: torch.Tensor | None = None  # (B, S) packed row of each query (padding repeats a real row)
     dec_valid: torch.Tensor | None = None  # (B, S)
-    dec_ctx: torch.Tensor | None = None  # (B, T) slots of context positions 0..T-1
+    dec_blocks: torch.Tensor | None = None  # (B, nb) block table: context positions 0 .. nb · block_size − 1
     dec_mask: torch.Tensor | None = None  # (B, S, T) True = may attend
-    # prefill chunks: (row, n, context slots or None when the chunk is the whole context)
-    prefill: list[tuple[int, int, torch.Tensor | None]] | None = None
+    # prefill chunks: (row, n, (block table (1, nb), first and end position of the context) or None when the
+    # chunk is the whole context)
+    prefill: list[tuple[int, int, tuple[torch.Tensor, int, int] | None]] | None = None
     dec_only: bool = False  # every row is its own decode query, in order: no gather/scatter of queries needed
 
 
@@ -56,20 +57,18 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
     dec = [s for s in segments if s.decode]
     if dec:
         S = max(s.n for s in dec)
-        T = max(s.start + s.n for s in dec)
-        nb = -(-T // bs)
+        nb = -(-max(s.start + s.n for s in dec) // bs)
+        # blocks a sequence does not have yet read block 0: masked like every position past its length
         table = torch.tensor([s.blocks[:nb] + [0] * (nb - len(s.blocks[:nb])) for s in dec], dtype=torch.long)
         info = torch.tensor([[s.row, s.start, s.n] for s in dec], dtype=torch.long)
         row0, starts, lens = info[:, 0:1], info[:, 1:2], info[:, 2:3]
         j = torch.arange(S)[None]
         jj = torch.minimum(j, lens - 1)  # padding queries repeat the last real one
         qpos = starts + jj  # (B, S)
-        cols = torch.arange(T)[None]
-        ctx_pos = torch.minimum(cols, starts + lens - 1)  # keep table lookups in range
-        ctx = slots_for(table, ctx_pos, bs)
+        cols = torch.arange(nb * bs)[None]
         mask = (cols[:, None] <= qpos[..., None]) & (cols[:, None] >= ctx_start)
         meta.dec_rows, meta.dec_valid = (row0 + jj).to(device), (j < lens).to(device)
-        meta.dec_ctx, meta.dec_mask = ctx.to(device), mask.to(device)
+        meta.dec_blocks, meta.dec_mask = table.to(device), mask.to(device)
         meta.dec_only = S == 1 and len(dec) == len(segments) and all(s.row == i for i, s in enumerate(dec))
     pre = [s for s in segments if not s.decode]
     if pre:
@@ -78,8 +77,9 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
             if s.start <= ctx_start:
                 meta.prefill.append((s.row, s.n, None))
             else:
-                ctx = [s.blocks[p // bs] * bs + p % bs for p in range(ctx_start, s.start + s.n)]
-                meta.prefill.append((s.row, s.n, torch.tensor(ctx, dtype=torch.long, device=device)))
+                end = s.start + s.n
+                table = torch.tensor([s.blocks[:-(-end // bs)]], dtype=torch.long, device=device)
+                meta.prefill.append((s.row, s.n, (table, ctx_start, end)))
     return meta
 
 
@@ -98,13 +98,13 @@ class ModelRunner:
         """q_nope (N,h,d), q_pe (N,h,r), this step's c (N,C), k_pe (N,R) -> (N,h,d_v)."""
         self.cache.write(layer, meta.slots, c, k_pe)
         if meta.dec_only:  # plain decoding: query b is row b
-            c_ctx, pe_ctx = self.cache.gather(layer, meta.dec_ctx)
+            c_ctx, pe_ctx = self.cache.gather_blocks(layer, meta.dec_blocks)
             o = attn.absorbed(q_nope[:, None], q_pe[:, None], c_ctx.to(q_nope.dtype), pe_ctx.to(q_nope.dtype),
                               meta.dec_mask)
             return o[:, 0]
         out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_head_dim)
         if meta.dec_rows is not None:
-            c_ctx, pe_ctx = self.cache.gather(layer, meta.dec_ctx)
+            c_ctx, pe_ctx = self.cache.gather_blocks(layer, meta.dec_blocks)
             o = attn.absorbed(q_nope[meta.dec_rows], q_pe[meta.dec_rows], c_ctx.to(q_nope.dtype),
                               pe_ctx.to(q_nope.dtype), meta.dec_mask)
             out[meta.dec_rows[meta.dec_valid]] = o[meta.dec_valid].to(out.dtype)
@@ -113,9 +113,11 @@ class ModelRunner:
             if ctx is None:
                 cc, pe, mask = c[None, row:row + n], k_pe[None, row:row + n], None
             else:
-                cc, pe = self.cache.gather(layer, ctx[None])
-                t = ctx.shape[0]
-                mask = torch.ones(n, t, dtype=torch.bool, device=ctx.device).tril(t - n)[None]
+                table, lo, hi = ctx
+                cc, pe = self.cache.gather_blocks(layer, table)
+                cc, pe = cc[:, lo:hi], pe[:, lo:hi]
+                t = hi - lo
+                mask = torch.ones(n, t, dtype=torch.bool, device=table.device).tril(t - n)[None]
             if self.prefill_attention == "absorbed":
                 o = attn.absorbed(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), mask)
             else:
