@@ -163,13 +163,17 @@ class PagedLatentCache:
         """Store rows [c ; k_pe] (n, C), (n, R) at flat slots (n,)."""
         self.kv[layer].index_copy_(0, slots, torch.cat([c, k_pe], dim=-1).to(self.dtype))
 
-    def gather_blocks(self, layer: int, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole blocks, table (B, nb) -> c (B, nb · block_size, C), k_pe (B, nb · block_size, R): positions
+    def gather_rows(self, layer: int, table: torch.Tensor) -> torch.Tensor:
+        """Whole blocks, table (B, nb) -> rows [c ; k_pe] (B, nb · block_size, C + R): positions
         0 .. nb · block_size − 1 of each sequence (past its length: whatever the block holds; mask it).
         One index_select of contiguous blocks: much faster than gathering token rows."""
         B, nb = table.shape
         pool = self.kv[layer].view(self.num_blocks, self.block_size, -1)
-        rows = pool.index_select(0, table.reshape(-1)).view(B, nb * self.block_size, -1)
+        return pool.index_select(0, table.reshape(-1)).view(B, nb * self.block_size, -1)
+
+    def gather_blocks(self, layer: int, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """gather_rows split into c (B, T, C) and k_pe (B, T, R)."""
+        rows = self.gather_rows(layer, table)
         return rows[..., :self.c_dim], rows[..., self.c_dim:]
 
     def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,6 +83,27 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
     return meta
 
 
+def absorbed_attention(attn: nn.Module, q_nope: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """MLA's absorbed path (the same function as `MLA.absorbed`) laid out for the cache's rows [c ; k_pe]:
+        q_lat = q_nope · W_UK (per head),  score = [q_lat ; q_pe] · [c ; k_pe] · softmax_scale  (one matmul),
+        o = W_UV · (softmax(score) · c).
+    q_nope (B,S,h,d_n), q_pe (B,S,h,r), kv (B,T,C+R) cached rows, mask (B,S,T) True = may attend.
+    Returns (B,S,h,d_v). Batched matmuls over views of the weights: no per-call weight copies, and updated
+    weights (RL training) are always the ones used."""
+    B, S, H, dn = q_nope.shape
+    C = attn.kv_lora_rank
+    kv = kv.to(q_nope.dtype)
+    w = attn.wkv_b.weight.view(H, -1, C)  # per head: d_n rows of W_UK, then d_v rows of W_UV
+    q_lat = torch.bmm(q_nope.reshape(B * S, H, dn).transpose(0, 1), w[:, :dn])  # (h, B·S, C)
+    q = torch.cat([q_lat.transpose(0, 1), q_pe.reshape(B * S, H, -1)], dim=-1).view(B, S * H, -1)
+    scores = torch.bmm(q, kv.transpose(1, 2)).float().view(B, S, H, -1) * attn.softmax_scale
+    p = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(dim=-1).to(kv.dtype)
+    o_lat = torch.bmm(p.view(B, S * H, -1), kv[..., :C])  # (B, S·h, C)
+    out = torch.bmm(o_lat.view(B * S, H, C).transpose(0, 1), w[:, dn:].transpose(1, 2))  # (h, B·S, d_v)
+    return out.transpose(0, 1).reshape(B, S, H, -1)
+
+
 class ModelRunner:
     def __init__(self, model: nn.Module, cache: PagedLatentCache, prefill_attention: str = "decompressed"):
         if prefill_attention not in ("decompressed", "absorbed"):
@@ -98,15 +119,12 @@ class ModelRunner:
         """q_nope (N,h,d), q_pe (N,h,r), this step's c (N,C), k_pe (N,R) -> (N,h,d_v)."""
         self.cache.write(layer, meta.slots, c, k_pe)
         if meta.dec_only:  # plain decoding: query b is row b
-            c_ctx, pe_ctx = self.cache.gather_blocks(layer, meta.dec_blocks)
-            o = attn.absorbed(q_nope[:, None], q_pe[:, None], c_ctx.to(q_nope.dtype), pe_ctx.to(q_nope.dtype),
-                              meta.dec_mask)
-            return o[:, 0]
+            kv = self.cache.gather_rows(layer, meta.dec_blocks)
+            return absorbed_attention(attn, q_nope[:, None], q_pe[:, None], kv, meta.dec_mask)[:, 0]
         out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_head_dim)
         if meta.dec_rows is not None:
-            c_ctx, pe_ctx = self.cache.gather_blocks(layer, meta.dec_blocks)
-            o = attn.absorbed(q_nope[meta.dec_rows], q_pe[meta.dec_rows], c_ctx.to(q_nope.dtype),
-                              pe_ctx.to(q_nope.dtype), meta.dec_mask)
+            kv = self.cache.gather_rows(layer, meta.dec_blocks)
+            o = absorbed_attention(attn, q_nope[meta.dec_rows], q_pe[meta.dec_rows], kv, meta.dec_mask)
             out[meta.dec_rows[meta.dec_valid]] = o[meta.dec_valid].to(out.dtype)
         for row, n, ctx in meta.prefill or ():
             qn, qp = q_nope[None, row:row + n], q_pe[None, row:row + n]
