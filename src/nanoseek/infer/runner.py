@@ -45,7 +45,7 @@ class AttnMeta:
     # prefill chunks: (row, n, (block table (1, nb), first and end position of the context) or None when the
     # chunk is the whole context)
     prefill: list[tuple[int, int, tuple[torch.Tensor, int, int] | None]] | None = None
-    dec_only: bool = False  # every row is its own decode query, in order: no gather/scatter of queries needed
+    dec_only: bool = False  # all rows are decode queries, S per sequence, in order: views instead of gathers
 
 
 def build_meta(segments: list[Segment], block_size: int, device: torch.device, ctx_start: int = 0) -> AttnMeta:
@@ -69,7 +69,7 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
         mask = (cols[:, None] <= qpos[..., None]) & (cols[:, None] >= ctx_start)
         meta.dec_rows, meta.dec_valid = (row0 + jj).to(device), (j < lens).to(device)
         meta.dec_blocks, meta.dec_mask = table.to(device), mask.to(device)
-        meta.dec_only = S == 1 and len(dec) == len(segments) and all(s.row == i for i, s in enumerate(dec))
+        meta.dec_only = len(dec) == len(segments) and all(s.row == i * S and s.n == S for i, s in enumerate(dec))
     pre = [s for s in segments if not s.decode]
     if pre:
         meta.prefill = []
@@ -118,9 +118,12 @@ class ModelRunner:
                    k_pe: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
         """q_nope (N,h,d), q_pe (N,h,r), this step's c (N,C), k_pe (N,R) -> (N,h,d_v)."""
         self.cache.write(layer, meta.slots, c, k_pe)
-        if meta.dec_only:  # plain decoding: query b is row b
+        if meta.dec_only:  # decoding (or verifying) S tokens per sequence: queries b·S .. b·S + S − 1
             kv = self.cache.gather_rows(layer, meta.dec_blocks)
-            return absorbed_attention(attn, q_nope[:, None], q_pe[:, None], kv, meta.dec_mask)[:, 0]
+            B, S = meta.dec_mask.shape[:2]
+            o = absorbed_attention(attn, q_nope.view(B, S, *q_nope.shape[1:]), q_pe.view(B, S, *q_pe.shape[1:]),
+                                   kv, meta.dec_mask)
+            return o.reshape(B * S, *o.shape[2:])
         out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_head_dim)
         if meta.dec_rows is not None:
             kv = self.cache.gather_rows(layer, meta.dec_blocks)
