@@ -233,6 +233,7 @@ def test_grpo_raises_mean_reward_on_cpu(model_dir, tmp_path):
     cfg = config(model_dir, tmp_path, "--reward", "test_grpo:digit_share", "--lr", "1e-2", "--num_prompts", "4",
                  "--num_generations", "8", "--max_steps", "12", "--ckpt_every", "6", "--eval_prompts", "0")
     trainer = GRPOTrainer(cfg)
+    assert trainer.sampler.llm.model is trainer.model  # rollouts see the live weights, nothing is reloaded
     summary = trainer.fit()
     r = summary["rewards"]
     assert sum(r[-2:]) / 2 > sum(r[:2]) / 2 + 0.3, r
