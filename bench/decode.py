@@ -6,8 +6,8 @@ weights, in the same run.
     python bench/decode.py --model runs/x/model --speculative 1 --append         # a trained checkpoint, + MTP
 
 Every contender reads one checkpoint written by nanoseek.save_pretrained (transformers and vLLM load it unchanged).
-Prompts are --prompt-len random tokens; --new-tokens are generated greedily with EOS ignored (min_new_tokens /
-ignore_eos for the others), so all produce the same number of tokens. Runs alternate between contenders (ABAB..)
+Prompts are --prompt-len random tokens; --new-tokens are generated greedily with EOS banned until then (min_tokens /
+min_new_tokens), so all produce the same number of tokens and the same tokens up to numerical near-ties. Runs alternate between contenders (ABAB..)
 so that load changes on a shared machine hit all alike; the best of --repeats is kept. Reported per batch size:
 - TTFT: from the call to the first token of every request (the batched prefill);
 - decode tok/s: batch × (new_tokens − 1) / (total − TTFT);  total tok/s: batch × new_tokens / total.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,13 +51,14 @@ def make_checkpoint(shape: str, out: Path) -> Path:
     return out
 
 
-def nanoseek_runner(path: Path, dtype: torch.dtype, new: int, speculative: int, max_num_seqs: int
-                    ) -> Callable[[list[list[int]]], Result]:
+def nanoseek_runner(path: Path, dtype: torch.dtype, new: int, speculative: int, max_num_seqs: int,
+                    ignore_eos: bool = False) -> Callable[[list[list[int]]], Result]:
     from nanoseek.infer import LLM, SamplingParams
     llm = LLM(path, dtype=dtype, speculative=speculative or None, max_num_seqs=max_num_seqs,
               enable_prefix_caching=False)  # the same prompts are run repeatedly: no cache hits
     llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))  # warm-up
-    sp = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True)
+    # EOS banned, as transformers' min_new_tokens does; or generated and ignored (the text goes on after it)
+    sp = SamplingParams(temperature=0, max_tokens=new, min_tokens=0 if ignore_eos else new, ignore_eos=ignore_eos)
 
     def run(prompts: list[list[int]]) -> Result:
         t = time.perf_counter()
@@ -102,16 +104,20 @@ def transformers_runner(path: Path, dtype: torch.dtype, new: int) -> Callable[[l
 
 
 def vllm_runner(python: str, path: Path, dtype: str, new: int, prompts: dict[int, list[list[int]]],
-                repeats: int) -> dict[int, Result]:
-    """vLLM lives in its own environment: run bench/decode_vllm.py there, once, for every batch size."""
+                repeats: int, threads: int | None) -> dict[int, Result]:
+    """vLLM lives in its own environment: run bench/decode_vllm.py there, once, for every batch size. Its OpenMP
+    threads are bound to cores 0..threads-1 (by default vLLM binds all cores but one, kept for its front end)."""
     pfile = Path(tempfile.mkdtemp()) / "prompts.json"
     pfile.write_text(json.dumps(prompts))
     cmd = [python, str(Path(__file__).with_name("decode_vllm.py")), str(path), str(pfile), "--dtype", dtype,
            "--new-tokens", str(new), "--repeats", str(repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if threads:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if threads == 1 else f"0-{threads - 1}"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"vLLM run failed:\n{out.stderr[-3000:]}")
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
     return {int(b): (r["ttft"], r["total"], {"tokens": r["tokens"]}) for b, r in res.items()}
 
 
@@ -126,7 +132,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per contender and batch; the best is kept")
     ap.add_argument("--speculative", type=int, default=0, help="also run nanoseek with K MTP draft tokens")
     ap.add_argument("--vllm-python", help="python of an environment with vllm-cpu: adds vLLM as a contender")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--eos", choices=["ban", "ignore"], default="ban",
+                    help="ban: EOS never generated (all contenders alike); ignore: nanoseek generates it and goes on "
+                         "(a trained model's natural text; transformers still bans it)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="compute threads for every contender (on a shared machine, 1 avoids OpenMP stalls)")
     ap.add_argument("--append", action="store_true", help="append the section to BENCHMARKS.md")
     a = ap.parse_args()
     if a.threads:
@@ -136,11 +146,12 @@ def main() -> int:
     path = Path(a.model) if a.model else make_checkpoint(a.shape, Path(tmp.name) / "model")
     from nanoseek import ModelConfig
     cfg = ModelConfig.from_pretrained(path)
-    runners = {"nanoseek": nanoseek_runner(path, dtype, a.new_tokens, 0, max(a.batch)),
+    ign = a.eos == "ignore"
+    runners = {"nanoseek": nanoseek_runner(path, dtype, a.new_tokens, 0, max(a.batch), ign),
                "transformers": transformers_runner(path, dtype, a.new_tokens)}
     if a.speculative:
         runners[f"nanoseek + MTP k={a.speculative}"] = nanoseek_runner(path, dtype, a.new_tokens, a.speculative,
-                                                                       max(a.batch))
+                                                                       max(a.batch), ign)
     g = torch.Generator().manual_seed(0)
     prompts = {b: torch.randint(2, cfg.vocab_size, (b, a.prompt_len), generator=g).tolist() for b in a.batch}
     results: dict[tuple[str, int], Result] = {}
@@ -154,7 +165,8 @@ def main() -> int:
             print(f"batch {b}, round {r + 1}: " + ", ".join(f"{n} {results[(n, b)][1]:.2f}s" for n in names),
                   flush=True)
     if a.vllm_python:
-        for b, res in vllm_runner(a.vllm_python, path, a.dtype, a.new_tokens, prompts, a.repeats).items():
+        for b, res in vllm_runner(a.vllm_python, path, a.dtype, a.new_tokens, prompts, a.repeats,
+                                  a.threads).items():
             results[("vLLM-CPU", b)] = res
     names = list(dict.fromkeys(n for n, _ in results))
     rows = []
@@ -190,7 +202,8 @@ def main() -> int:
         f"load average {m['load_avg']} (a shared machine: other jobs were running).",
         f"Model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, kv_lora_rank {cfg.kv_lora_rank}, "
         f"qk_rope_head_dim {cfg.qk_rope_head_dim}, {cfg.n_routed_experts} experts (top-{cfg.num_experts_per_tok}). "
-        f"Prompts of {a.prompt_len} random tokens, {a.new_tokens} new tokens, greedy, EOS ignored; contenders "
+        f"Prompts of {a.prompt_len} random tokens, {a.new_tokens} new tokens, greedy, EOS "
+        f"{'banned' if a.eos == 'ban' else 'ignored by nanoseek (banned by transformers)'}; contenders "
         f"alternate, best of {a.repeats}.",
         "",
         markdown_table(["engine", "batch", "TTFT ms", "decode tok/s", "total tok/s", "notes"], rows),
