@@ -83,6 +83,9 @@ class LLM:
     def model(self) -> nn.Module:
         return self.engine.model
 
+    def get_tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
     # the incremental core, for servers
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         return self.engine.add_request(prompt, params, request_id)
@@ -128,19 +131,30 @@ class LLM:
         return ids
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
-        """One RequestOutput per prompt, in order, when all are finished."""
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order, when all are finished. Drives the engine itself: do not call it
+        while another thread is stepping the same engine (a server); use add_request/step there."""
         prompts = self._as_list(prompts)
         ids = self._add_all(prompts, sampling_params, "final_only")
         done: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+            bar = tqdm(total=len(ids), desc="generate", unit="req")
         try:
             while len(done) < len(ids):
                 for out in self.engine.step():
                     if out.finished:
                         done[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
         except BaseException:
             self.engine.abort_request([i for i in ids if i not in done])
             raise
+        finally:
+            if bar is not None:
+                bar.close()
         return [done[i] for i in ids]
 
     def stream(self, prompts: Prompt | Sequence[Prompt],
