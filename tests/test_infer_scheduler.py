@@ -77,3 +77,19 @@ def test_prefix_caching_with_speculation_and_eviction(model):
     out = llm.generate([prompts[1]], GREEDY)[0]
     assert out.outputs[0].token_ids == want[1] and out.metrics.num_cached_tokens == 28
     assert llm.engine.cache.pool.num_free == llm.engine.cache.num_blocks
+
+
+def test_prefix_cache_is_dropped_when_weights_change_in_place():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig.preset("tiny")).eval()
+    llm = LLM(m, block_size=4)  # bound to the live model, as GRPO's rollouts are
+    prompt = rand_ids(21, 8)
+    llm.generate([prompt], GREEDY)
+    with torch.no_grad():  # an optimizer step, in effect
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = llm.generate([prompt], GREEDY)[0]
+    assert out.metrics.num_cached_tokens == 0  # stale latents were not reused
+    fresh = LLM(m, enable_prefix_caching=False).generate([prompt], GREEDY)[0]
+    assert out.outputs[0].token_ids == fresh.outputs[0].token_ids
+    assert llm.generate([prompt], GREEDY)[0].metrics.num_cached_tokens == 20  # unchanged weights: reused again

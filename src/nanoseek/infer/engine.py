@@ -115,6 +115,7 @@ class LLMEngine:
         if self.max_model_len < 2:
             raise ValueError(f"cache_budget: {budget} bytes hold {self.cache.capacity_tokens} tokens, too few")
         self.prefix_caching = enable_prefix_caching
+        self._weights_seen = self._weights_version()
         self.scheduler = Scheduler(self.cache, max_num_seqs, max_num_batched_tokens, lookahead,
                                    prefix_caching=enable_prefix_caching, need_hidden=bool(k))
         self.runner = ModelRunner(model, self.cache, prefill_attention)
@@ -257,8 +258,26 @@ class LLMEngine:
                 req.dirty = True
 
     # ------------------------------------------------------------------ one step
+    def _weights_version(self) -> tuple[int, int]:
+        """Changes whenever a parameter is modified in place (optimizer steps bump torch's version counters) or
+        replaced: cached latents computed with other weights must not be reused."""
+        ps = list(self.model.parameters())
+        return sum(p._version for p in ps), sum(id(p) for p in ps)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (running sequences keep their blocks)."""
+        pool = self.cache.pool
+        pool.by_hash.clear()
+        pool.hash_of.clear()
+        pool.extra.clear()
+
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; returns the outputs of requests that made progress (per their output_kind)."""
+        if self.prefix_caching:
+            v = self._weights_version()
+            if v != self._weights_seen:  # e.g. RL training updated the live model between rollouts
+                self._weights_seen = v
+                self.reset_prefix_cache()
         self._drain_inbox()
         sched = self.scheduler.schedule()
         for seq in sched.preempted:

@@ -86,6 +86,10 @@ class LLM:
     def get_tokenizer(self) -> Any:
         return self.engine.tokenizer
 
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prompt prefixes (done automatically when the model's weights change in place)."""
+        self.engine.reset_prefix_cache()
+
     # the incremental core, for servers
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         return self.engine.add_request(prompt, params, request_id)
