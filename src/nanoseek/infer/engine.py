@@ -78,7 +78,7 @@ class LLMEngine:
                  prefill_attention: str = "decompressed", kv_cache_dtype: torch.dtype | None = None, seed: int = 0,
                  enable_prefix_caching: bool = True):
         cfg = model.config
-        self.model = model.eval()
+        self.model = model  # not switched to eval(): the model has no dropout, and a trainer may own its mode
         self.cfg = cfg
         self.tokenizer = tokenizer
         p = next(model.parameters())
