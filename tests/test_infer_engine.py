@@ -66,6 +66,8 @@ def test_engine_cache_counts_mtp_layer_only_when_speculating(model):
     assert spec.bytes_per_token == (cfg.num_hidden_layers + 1) * per_layer
     assert plain.kv.nbytes == plain.num_blocks * plain.block_size * plain.bytes_per_token <= 1 << 20
     assert plain.num_blocks == (1 << 20) // (16 * plain.bytes_per_token)
+    half = LLM(model, cache_budget="1MiB", kv_cache_dtype="bf16").engine.cache
+    assert half.bytes_per_token * 2 == plain.bytes_per_token and half.kv.dtype == torch.bfloat16
 
 
 def test_block_pool_refcounts():

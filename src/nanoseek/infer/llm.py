@@ -42,6 +42,7 @@ class LLM:
         the cache). speculative: None/False, True or k (MTP drafts per step), or {"method": "mtp",
         "num_speculative_tokens": k}; off automatically for a model without MTP.
     dtype/device: for loading a directory (a Transformer instance is used as it is).
+    kv_cache_dtype: the cache's dtype (default: the model's); e.g. "bf16" halves it for an fp32 model.
     enable_prefix_caching: reuse the cached blocks of earlier prompts sharing a prefix (block hashing).
     seed: the engine's generator for requests without their own seed.
     """
@@ -50,7 +51,7 @@ class LLM:
                  max_num_batched_tokens: int = 2048, cache_budget: int | str | None = None, block_size: int = 16,
                  max_model_len: int | None = None, speculative: Any = None, dtype: str | torch.dtype | None = None,
                  device: str | torch.device | None = None, prefill_attention: str = "decompressed", seed: int = 0,
-                 enable_prefix_caching: bool = True):
+                 enable_prefix_caching: bool = True, kv_cache_dtype: str | torch.dtype | None = None):
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
             if not os.path.isdir(path):
@@ -64,6 +65,10 @@ class LLM:
         elif dtype is not None or device is not None:
             from ..checkpoint import resolve_dtype
             model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else None)
+        kv_dtype = None
+        if kv_cache_dtype is not None and kv_cache_dtype != "auto":
+            from ..checkpoint import resolve_dtype
+            kv_dtype = resolve_dtype(kv_cache_dtype)
         if isinstance(tokenizer, (str, os.PathLike)):
             tok = _load_tokenizer(os.fspath(tokenizer))
             if tok is None:
@@ -73,7 +78,7 @@ class LLM:
                                 max_num_batched_tokens=max_num_batched_tokens, cache_budget=cache_budget,
                                 block_size=block_size, max_model_len=max_model_len, speculative=speculative,
                                 prefill_attention=prefill_attention, seed=seed,
-                                enable_prefix_caching=enable_prefix_caching)
+                                enable_prefix_caching=enable_prefix_caching, kv_cache_dtype=kv_dtype)
 
     @property
     def tokenizer(self) -> Any:
