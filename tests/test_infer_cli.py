@@ -14,13 +14,22 @@ from nanoseek.infer import LLM, SamplingParams
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepseek-r1-tokenizer"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP stalls make them slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     if not TOKENIZER_DIR.is_dir():
         pytest.skip(f"the DeepSeek-R1 tokenizer fixture is not at {TOKENIZER_DIR}")
     from nanoseek import save_pretrained
     torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset("tiny").replace(vocab_size=129280))
+    model = Transformer(ModelConfig.preset("tiny").replace(vocab_size=129280, hidden_size=64))
     out = tmp_path_factory.mktemp("m") / "model"
     save_pretrained(model, out, tokenizer=TOKENIZER_DIR)
     return out

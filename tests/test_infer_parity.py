@@ -10,6 +10,15 @@ from nanoseek import ModelConfig, Transformer, save_pretrained  # noqa: E402
 from nanoseek.infer import LLM, SamplingParams  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP stalls make them slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_greedy_equals_transformers_generate(tmp_path):
     torch.manual_seed(0)
     # a larger init than the preset's 0.006, so that logits are far from ties between the two implementations

@@ -14,6 +14,15 @@ from nanoseek.infer.detok import Detokenizer
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepseek-r1-tokenizer"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP stalls make them slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tok():
     if not TOKENIZER_DIR.is_dir():
@@ -25,7 +34,8 @@ def tok():
 @pytest.fixture(scope="module")
 def llm(tok) -> LLM:
     torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny").replace(vocab_size=129280)  # the real vocabulary, padded rows included
+    # the real vocabulary, padded rows included
+    cfg = ModelConfig.preset("tiny").replace(vocab_size=129280, hidden_size=64)
     return LLM(Transformer(cfg).eval(), tokenizer=tok)
 
 
