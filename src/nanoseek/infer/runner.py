@@ -3,8 +3,10 @@
 All tokens of the step (decodes, draft verifications, prefill chunks of several sequences) are packed in one row
 (1, N) so that every projection, router and expert runs once per step over all of them. Only attention is per
 sequence; it reads the cache:
-- decode-like sequences (a few new tokens each) are gathered into one padded batch and use the absorbed path
-  (`MLA.absorbed`): scores = (q_nope·W_UK)·c + q_pe·k_pe over the cached rows, output W_UV·(p·c);
+- decode-like sequences (a few new tokens each: decoding, or verifying MTP drafts) form one padded batch over their
+  cache blocks (one index_select of whole blocks) and use MLA's absorbed path: scores = (q_nope·W_UK)·c +
+  q_pe·k_pe over the cached rows, output W_UV·(p·c) (`absorbed_attention`, the same function as `MLA.absorbed`
+  written as batched matmuls over the cache's [c ; k_pe] rows; a test compares the two);
 - prefill chunks use the decompressed path (`MLA.decompressed`, per-head K/V from the latents, SDPA), over the
   chunk alone when nothing is cached before it, else over the gathered context; `prefill_attention="absorbed"`
   runs them on the absorbed path instead (the test that both agree uses it).
