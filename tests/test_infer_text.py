@@ -63,6 +63,8 @@ def test_stop_string_split_across_tokens(llm, tok):
     assert c.text == full.text[:at]
     assert c.finish_reason == "stop" and c.stop_reason == stop
     assert full.token_ids[:len(c.token_ids)] == c.token_ids and len(c.token_ids) <= i + 2
+    streamed = "".join(d.text for o in llm.stream("Once upon a time", GREEDY.clone(stop=stop)) for d in o.outputs)
+    assert streamed == c.text  # the held-back text that began the stop string is never sent
     c = llm.generate("Once upon a time", GREEDY.clone(stop=stop, include_stop_str_in_output=True))[0].outputs[0]
     assert c.text == full.text[:at + len(stop)]
 
