@@ -48,6 +48,10 @@ class AttnMeta:
     # chunk is the whole context)
     prefill: list[tuple[int, int, tuple[torch.Tensor, int, int] | None]] | None = None
     dec_only: bool = False  # all rows are decode queries, S per sequence, in order: views instead of gathers
+    # fresh prefills (nothing cached before the chunk) of several sequences, padded into one batch
+    fresh_rows: torch.Tensor | None = None  # (G, L) packed rows (padding repeats a real row)
+    fresh_valid: torch.Tensor | None = None  # (G, L)
+    fresh_mask: torch.Tensor | None = None  # (G, L, L) causal within each sequence's own rows
 
 
 def build_meta(segments: list[Segment], block_size: int, device: torch.device, ctx_start: int = 0) -> AttnMeta:
@@ -73,6 +77,17 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
         meta.dec_blocks, meta.dec_mask = table.to(device), mask.to(device)
         meta.dec_only = len(dec) == len(segments) and all(s.row == i * S and s.n == S for i, s in enumerate(dec))
     pre = [s for s in segments if not s.decode]
+    fresh = [s for s in pre if s.start <= ctx_start]
+    L = max((s.n for s in fresh), default=0)
+    if len(fresh) > 1 and len(fresh) * L <= 2 * sum(s.n for s in fresh):  # one padded call, if it wastes little
+        info = torch.tensor([[s.row, s.n] for s in fresh], dtype=torch.long)
+        j = torch.arange(L)[None]
+        lens = info[:, 1:2]
+        cols = torch.arange(L)[None, None]
+        meta.fresh_rows = (info[:, 0:1] + torch.minimum(j, lens - 1)).to(device)
+        meta.fresh_valid = (j < lens).to(device)
+        meta.fresh_mask = ((cols <= j[..., None]) & (cols < lens[..., None])).to(device)
+        pre = [s for s in pre if s.start > ctx_start]
     if pre:
         meta.prefill = []
         for s in pre:
@@ -131,6 +146,11 @@ class ModelRunner:
             kv = self.cache.gather_rows(layer, meta.dec_blocks)
             o = absorbed_attention(attn, q_nope[meta.dec_rows], q_pe[meta.dec_rows], kv, meta.dec_mask)
             out[meta.dec_rows[meta.dec_valid]] = o[meta.dec_valid].to(out.dtype)
+        attend = attn.absorbed if self.prefill_attention == "absorbed" else attn.decompressed
+        if meta.fresh_rows is not None:
+            r, valid = meta.fresh_rows, meta.fresh_valid
+            o = attend(q_nope[r], q_pe[r], c[r].to(q_nope.dtype), k_pe[r].to(q_nope.dtype), meta.fresh_mask)
+            out[r[valid]] = o[valid].to(out.dtype)
         for row, n, ctx in meta.prefill or ():
             qn, qp = q_nope[None, row:row + n], q_pe[None, row:row + n]
             if ctx is None:
@@ -141,10 +161,7 @@ class ModelRunner:
                 cc, pe = cc[:, lo:hi], pe[:, lo:hi]
                 t = hi - lo
                 mask = torch.ones(n, t, dtype=torch.bool, device=table.device).tril(t - n)[None]
-            if self.prefill_attention == "absorbed":
-                o = attn.absorbed(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), mask)
-            else:
-                o = attn.decompressed(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), mask)
+            o = attend(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), mask)
             out[row:row + n] = o[0].to(out.dtype)
         return out
 
