@@ -80,24 +80,58 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                 counts: torch.Tensor) -> torch.Tensor:
         """x (n, dim); weights, indices (n, k); counts (E,) tokens per expert."""
-        order = indices.flatten().argsort(stable=True)
-        token = order // indices.shape[1]
-        xs = x[token]  # (n·k, dim), grouped by expert
+        flat = indices.flatten()
+        order = flat.argsort(stable=True)
+        token = order // indices.shape[1]  # row i of the expert-sorted batch is token[i]
+        w_sorted = weights.flatten()[order]
+        # torch.autocast does not cover torch._grouped_mm: cast as it would for a linear layer, so the routed
+        # experts run in bf16 under autocast like every other matmul (not in fp32).
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        w13, w2 = self.w13.to(dtype), self.w2.to(dtype)
+        block = _row_block(x.device, dtype)
+        if block > 1:
+            token, w_sorted, counts = _pad_groups(token, w_sorted, flat[order], counts, block)
+        xs = x.to(dtype).index_select(0, token)  # (rows, dim), grouped by expert
         if _use_grouped_mm(xs):
             offs = counts.cumsum(0).to(torch.int32)
-            h = torch._grouped_mm(xs, self.w13.transpose(1, 2), offs=offs)
+            h = torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs)
             g, u = h.split(self.inter_dim, dim=-1)
-            ys = torch._grouped_mm(F.silu(g) * u, self.w2.transpose(1, 2), offs=offs)
+            ys = torch._grouped_mm(F.silu(g) * u, w2.transpose(1, 2), offs=offs)
         else:
             ys = torch.empty_like(xs)
             start = 0
             for e, n in enumerate(counts.tolist()):
                 if n:
-                    g, u = F.linear(xs[start:start + n], self.w13[e]).split(self.inter_dim, dim=-1)
-                    ys[start:start + n] = F.linear(F.silu(g) * u, self.w2[e])
+                    g, u = F.linear(xs[start:start + n], w13[e]).split(self.inter_dim, dim=-1)
+                    ys[start:start + n] = F.linear(F.silu(g) * u, w2[e])
                     start += n
-        ys = ys * weights.flatten()[order, None]
+        ys = (ys * w_sorted[:, None]).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
+
+
+# Rows per expert group are padded to a multiple of this on CPU in bf16/fp16. oneDNN (which runs the CPU's
+# bf16 matmuls, on AMX where present) JIT-compiles a kernel per matrix shape and caches it; with the exact
+# token counts every expert of every step has a new M and pays the compile (~10x the multiply itself at
+# this size). Padded, the shapes repeat. fp32 goes to MKL, which has no such cost: no padding there.
+CPU_LOW_PRECISION_ROW_BLOCK = 32
+
+
+def _row_block(device: torch.device, dtype: torch.dtype) -> int:
+    return CPU_LOW_PRECISION_ROW_BLOCK if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) else 1
+
+
+def _pad_groups(token: torch.Tensor, w_sorted: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Tensor,
+                block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Insert padding rows so every expert's group of rows has a multiple of `block` rows. A padding row
+    gathers token 0 and has routing weight 0, so it adds exactly nothing to the output and gets zero gradient."""
+    padded = (counts + block - 1) // block * block
+    start, start_p = counts.cumsum(0) - counts, padded.cumsum(0) - padded
+    dest = torch.arange(token.numel(), device=token.device) - start[expert_sorted] + start_p[expert_sorted]
+    total = int(padded.sum())
+    token_p = token.new_zeros(total).index_copy(0, dest, token)
+    w_p = w_sorted.new_zeros(total).index_copy(0, dest, w_sorted)
+    return token_p, w_p, padded
 
 
 def _use_grouped_mm(x: torch.Tensor) -> bool:
