@@ -40,6 +40,12 @@ def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tenso
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs: (a, b) -> (a cos − b sin, b cos + a sin), in fp32, layout unchanged.
-    x: (..., d_r); cos/sin broadcastable to (..., d_r/2)."""
-    a, b = x[..., 0::2].float(), x[..., 1::2].float()
-    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).to(x.dtype)
+    x: (..., d_r); cos/sin broadcastable to (..., d_r/2).
+
+    Computed as one complex product (a + ib)(cos + i sin), as DeepSeek's own code does: the same fp32 products
+    and sums as the real form (bit-identical here), in one kernel instead of ~10 (strided copies, stack, casts)."""
+    xf = x.float()
+    if xf.stride(-1) != 1 or xf.storage_offset() % 2 or any(st % 2 for st in xf.stride()[:-1]):
+        xf = xf.contiguous()  # view_as_complex needs (re, im) pairs at even offsets
+    rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * torch.complex(cos.float(), sin.float())
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
