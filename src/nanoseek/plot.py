@@ -84,8 +84,15 @@ def _lines(rows: Rows, out: Path, name: str, title: str, ylabel: str, keys: Sequ
     if not data:
         return None
     fig, ax = _figure(title, ylabel)
-    for label, x, y in data:
-        ax.plot(x, y, marker="o" if len(x) < 20 else None, markersize=3, label=label)
+    for i, (label, x, y) in enumerate(data):
+        if len(x) < 20:
+            ax.plot(x, y, marker="o", markersize=3, label=label, color=f"C{i}")
+            continue
+        # noisy per-step values: faint, with a trailing moving average over ~5% of the run on top
+        w = max(3, len(y) // 20)
+        avg = [sum(y[max(0, j - w + 1):j + 1]) / (j + 1 - max(0, j - w + 1)) for j in range(len(y))]
+        ax.plot(x, y, color=f"C{i}", alpha=0.25, linewidth=1)
+        ax.plot(x, avg, color=f"C{i}", label=f"{label} (mean of {w})")
     if log_y and all(v > 0 for _, _, y in data for v in y):
         ax.set_yscale("log")
     ax.legend()
@@ -114,7 +121,7 @@ def _completion_length(rows: Rows, out: Path) -> Path | None:
     x, y = series(rows, "completion_length")
     if not x:
         return None
-    fig, ax = _figure("completion length", "tokens (mean)")
+    fig, ax = _figure("completion length", "tokens (mean over the step)")
     ax.plot(x, y, label="mean length", color="C0")
     tx, ty = series(rows, "truncated_frac")
     if tx:
