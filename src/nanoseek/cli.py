@@ -207,6 +207,15 @@ def _serve(p: argparse.ArgumentParser) -> Runner:
 # ---------------------------------------------------------------------------------------------------- grpo
 @command("grpo", "reasoning RL with rule-based rewards (GRPO, the DeepSeek-R1 recipe) on a task or prompt file")
 def _grpo(p: argparse.ArgumentParser) -> Runner:
+    import dataclasses
+
+    from .train.grpo_config import GRPOConfig
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("settings, as --key value (defaults in parentheses; --preset paper|modern sets the algorithm):\n  " +
+                "\n  ".join(f"--{f.name} ({getattr(GRPOConfig(), f.name)!r})"
+                            for f in dataclasses.fields(GRPOConfig)) +
+                "\n\nexample: nanoseek grpo --model runs/sft/model --task arithmetic --levels 1,2 "
+                "--reward accuracy,format --reward-weights 1,0.2")
     p.add_argument("--config", help="TOML or JSON file of GRPO settings")
     p.set_defaults(_overrides_help="--model DIR, --task NAME or --data FILE.jsonl, --reward accuracy,format, "
                                    "--reward-weights 1,0.2, --preset paper|modern and --key value for any field "
