@@ -168,18 +168,7 @@ def build(file_values: dict[str, Any] | None = None, overrides: list[str] | None
                     model_overrides[mk] = mv
         else:
             put(k, v, "config file")
-    args = list(overrides or [])
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--"):
-            raise ValueError(f"train config: expected --key value, got {key!r}")
-        key = key[2:]
-        if "=" in key:
-            key, val = key.split("=", 1)
-        elif args and not args[0].startswith("--"):
-            val = args.pop(0)
-        else:
-            val = "true"  # a bare flag
+    for key, val in parse_overrides(overrides, "train config"):
         put(key, val, "command line")
     for k, v in kwargs.items():
         put(k, v, "argument")
@@ -187,6 +176,24 @@ def build(file_values: dict[str, Any] | None = None, overrides: list[str] | None
     cfg.model_overrides = {**cfg.model_overrides, **model_overrides}
     cfg.validate()
     return cfg
+
+
+def parse_overrides(args: list[str] | None, what: str) -> list[tuple[str, str]]:
+    """`--key value`, `--key=value` and bare `--flag` (= true) pairs, in order."""
+    args, out = list(args or []), []
+    while args:
+        key = args.pop(0)
+        if not key.startswith("--"):
+            raise ValueError(f"{what}: expected --key value, got {key!r}")
+        key = key[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+        elif args and not args[0].startswith("--"):
+            val = args.pop(0)
+        else:
+            val = "true"  # a bare flag
+        out.append((key, val))
+    return out
 
 
 def _is_json(s: str) -> bool:

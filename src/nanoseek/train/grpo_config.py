@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .config import _coerce
+from .config import _coerce, parse_overrides
 from .grpo_loss import LOSS_TYPES, SCALE_REWARDS
 
 
@@ -163,20 +163,7 @@ def build(file_values: dict[str, Any] | None = None, overrides: list[str] | None
     defaults = GRPOConfig()
     names = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(GRPOConfig)}
     layers: list[tuple[str, dict[str, Any]]] = [("config file", dict(file_values or {}))]
-    cli: dict[str, Any] = {}
-    args = list(overrides or [])
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--"):
-            raise ValueError(f"grpo config: expected --key value, got {key!r}")
-        key = key[2:]
-        if "=" in key:
-            key, val = key.split("=", 1)
-        elif args and not args[0].startswith("--"):
-            val = args.pop(0)
-        else:
-            val = "true"
-        cli[key] = val
+    cli: dict[str, Any] = dict(parse_overrides(overrides, "grpo config"))
     layers += [("command line", cli), ("argument", kwargs)]
     values: dict[str, Any] = {}
     for source, layer in layers:
