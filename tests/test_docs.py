@@ -16,7 +16,8 @@ def commands() -> list[tuple[str, str]]:
     out = []
     for path in DOCS:
         in_block = False
-        for line in path.read_text(encoding="utf-8").splitlines():
+        text = path.read_text(encoding="utf-8").replace("\\\n", " ")  # shell line continuations
+        for line in text.splitlines():
             if line.startswith("```"):
                 in_block = not in_block
                 continue
