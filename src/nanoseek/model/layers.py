@@ -7,34 +7,43 @@ from torch import nn
 
 
 class _RMSNormFn(torch.autograd.Function):
-    """RMSNorm with a hand-written backward: autograd through the decomposed norm makes ~12 full-size passes,
-    this makes ~6 and saves nothing but x and the per-row r = 1/sqrt(mean(x²) + eps).
+    """RMSNorm with a hand-written backward: autograd through the decomposed norm makes ~12 full-size passes
+    (and, in bf16, several fp32 copies of the activations); this makes ~6 and saves only x and the per-row
+    r = 1/sqrt(mean(x²) + eps).
 
     Forward, exactly as HF:  x̂ = x·r (fp32),  y = w · cast(x̂).
-    Backward (g = ∂L/∂y, D = dim):  ∂L/∂w = Σ_rows g ⊙ cast(x̂);  with u = g ⊙ w (fp32),
-    ∂L/∂x = r · (u − x̂ · mean(u ⊙ x̂)).
+    Backward (g = ∂L/∂y):  ∂L/∂w = Σ_rows g ⊙ cast(x̂);  with u = g ⊙ w (as autograd: in y's dtype, then fp32),
+    ∂L/∂x = r · (u − x̂ · mean(u ⊙ x̂)) = r · (u − x · r² · mean(u ⊙ x)).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
+        if x.dtype == torch.float32:
+            r = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
+            xn = x * r
+        else:  # fp32 statistics and product without materialising x in fp32; one rounding of x·r, as cast(x̂)
+            ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_()
+            r = torch.rsqrt(ss.div_(x.shape[-1]).add_(eps))
+            xn = torch.mul(x, r, out=torch.empty_like(x))
         ctx.save_for_backward(x, weight, r)
-        return weight * (xf * r).to(x.dtype)
+        return weight * xn
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
         x, weight, r = ctx.saved_tensors
-        xn = x.float() * r
-        gw = None
+        gw = gx = None
         if ctx.needs_input_grad[1]:
-            gw = (g * xn.to(x.dtype)).flatten(0, -2).sum(0).to(weight.dtype)
-        gx = None
+            xn = torch.mul(x, r, out=torch.empty_like(x))  # cast(x̂), as in the forward
+            gw = (g * xn).flatten(0, -2).sum(0).to(weight.dtype)
         if ctx.needs_input_grad[0]:
             u = (g * weight).float()
-            dot = (u * xn).mean(-1, keepdim=True)
-            gx = torch.addcmul(u, xn, dot, value=-1.0).mul_(r).to(x.dtype)
+            if x.dtype == torch.float32:
+                xn = x * r
+                gx = torch.addcmul(u, xn, (u * xn).mean(-1, keepdim=True), value=-1.0).mul_(r)
+            else:  # x stays in its dtype: the fp32 products happen inside the kernels, no fp32 copy of x
+                dot = (u * x).mean(-1, keepdim=True).mul_(r * r)
+                gx = torch.mul(torch.addcmul(u, x, dot, value=-1.0), r, out=torch.empty_like(x))
         return gx, gw, None
 
 
