@@ -72,3 +72,62 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class _LinearCrossEntropyFn(torch.autograd.Function):
+    """mean CE(h Wᵀ, labels), chunk by chunk, with the gradients computed in the same pass (the chunk's logits
+    are never kept): ∂L/∂logits = (softmax − onehot) / n_valid, ∂L/∂h = ∂L/∂logits · W, ∂L/∂W = Σ ∂L/∂logitsᵀ h."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                chunk: int) -> torch.Tensor:
+        valid_all = labels != ignore_index
+        n_valid = valid_all.sum().clamp_min(1)
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gh = torch.empty_like(h) if want_h else None
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        dev = h.device.type
+        gdt = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+               else torch.promote_types(h.dtype, weight.dtype))
+        for s in range(0, h.shape[0], chunk):
+            hc, valid = h[s:s + chunk], valid_all[s:s + chunk]
+            target = torch.where(valid, labels[s:s + chunk], 0)[:, None]
+            logits = (hc @ weight.t()).float()  # as F.cross_entropy(head(h).float(), ...)
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += ((lse - logits.gather(1, target))[:, 0] * valid).sum()
+            if want_h or want_w:
+                p = logits.sub_(lse).exp_()  # softmax, in place of the logits
+                p.scatter_add_(1, target, -valid[:, None].to(p.dtype))
+                if not bool(valid.all()):
+                    p.mul_(valid[:, None])
+                p = p.to(gdt)  # the matmul dtype of the forward (autocast's, or the inputs')
+                if want_h:
+                    gh[s:s + chunk] = p @ weight.to(gdt)
+                if want_w:
+                    gw += p.t() @ hc.to(gdt)
+        ctx.save_for_backward(gh, gw, n_valid)
+        ctx.weight_dtype = weight.dtype
+        return total / n_valid
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        gh, gw, n_valid = ctx.saved_tensors
+        scale = g / n_valid
+        return (None if gh is None else gh * scale.to(gh.dtype),
+                None if gw is None else (gw * scale).to(ctx.weight_dtype), None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         ignore_index: int = -100, chunk_tokens: int | None = None) -> torch.Tensor:
+    """F.cross_entropy((hidden @ weight.T).float(), labels, ignore_index=ignore_index) (mean over the labels that
+    are not ignore_index), without materialising the (tokens, vocab) logits and their gradient: the output
+    head and the loss run over chunks of tokens, and the backward is computed chunk by chunk in the forward.
+    hidden (..., dim), weight (vocab, dim) (the output head), labels (...). Use it instead of `head(h)` + CE
+    when the loss is all that is needed (training)."""
+    h, y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    if h.shape[0] != y.shape[0]:
+        raise ValueError(f"linear_cross_entropy: {h.shape[0]} hidden rows but {y.shape[0]} labels")
+    chunk = chunk_tokens or max(1, (1 << 22) // weight.shape[0])  # fp32 logits of a chunk: at most 16 MB
+    return _LinearCrossEntropyFn.apply(h, weight, y, ignore_index, chunk)
