@@ -1,28 +1,34 @@
 """Training-step throughput: nanoseek.Transformer against transformers' DeepseekV3ForCausalLM.
 
-One training step = zero_grad, forward, cross-entropy over every position (fp32 logits), backward, AdamW step.
-Both models get the `small` preset with MTP off (num_nextn_predict_layers = num_mtp_layers = 0), the same weights
-(nanoseek's init copied into transformers' names) and the same batch. Contenders run interleaved (one step of each
-per round, rotated), a few untimed warm-up rounds first; we report the median step time.
+One training step = forward, loss, backward, AdamW(fused=True) step, zero_grad. Both models get the `small` preset
+with MTP off (num_nextn_predict_layers = num_mtp_layers = 0), the same weights (nanoseek's init copied into
+transformers' names; the fp32 logits are checked to agree) and the same batch (default 8 x 256 tokens: the batch
+the `small` pretraining demo trains on, big enough that the optimizer step is a small part of the step). One
+phase per precision; inside a phase the contenders run interleaved (one step of each per round, order rotated),
+warm-up rounds first, and we report the median. At the end each side's best mode runs again, head to head.
 
 Precisions: fp32; bf16 = bf16 weights, gradients and AdamW state (no fp32 master copy: a throughput measure, not a
-training recipe); amp = fp32 weights with torch.autocast(cpu, bfloat16) around the forward.
-transformers' experts implementations: eager (a loop over the experts that got tokens) and grouped_mm
-(torch._grouped_mm; the default of transformers 5 when it can dispatch). batched_mm is left out: it gathers one
-weight matrix per (token, expert) pair, gigabytes at this batch size.
+training recipe); amp = fp32 weights with torch.autocast("cpu", bfloat16) around the forward and the loss.
+Losses: `logits` = F.cross_entropy(logits.float()) on the model's full (tokens, vocab) logits, what both sides
+do by default; `fused` = nanoseek.model.layers.linear_cross_entropy (same value and gradients, chunked).
+transformers' experts implementations: grouped_mm (torch._grouped_mm, transformers 5's default where it can
+dispatch: checked and printed) and, in the fp32 phase, eager (the loop over experts). batched_mm is left out: it
+gathers one weight matrix per (token, expert) pair, gigabytes at this batch size.
 
-MFU = tokens/s · FLOPs/token / peak, FLOPs/token from nanoseek.info.count (6 · activated matmul parameters +
-causal attention), peak = the median over rounds of a 2048³ matmul in the mode's compute dtype, measured in the
-same rounds as the steps.
+MFU = tokens/s · FLOPs/token / peak; FLOPs/token from nanoseek.info.count (6 · activated matmul parameters +
+causal attention); peak = median over the rounds of a 2048³ matmul in the mode's compute dtype (fp32, or bf16 on
+the CPU's matrix units), timed in the same rounds as the steps.
 
-    python bench/train_step.py                      # batch 8 x seq 256, every contender
-    python bench/train_step.py --quick              # a smoke run
-    python bench/train_step.py --write BENCHMARKS.md
+    python bench/train_step.py --write BENCHMARKS.md           # 2 threads, wall clock (a quiet machine)
+    python bench/train_step.py --threads 1 --clock cpu         # a busy shared machine: CPU time at one thread
+    python bench/train_step.py --quick                          # smoke run (batch 2 x 128)
+    python bench/train_step.py --compile --compile-hf           # add torch.compile'd contenders
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -36,6 +42,7 @@ from common import interleaved, machine_info, markdown_table, matmul_seconds, me
 
 import nanoseek  # noqa: E402
 from nanoseek.info import count  # noqa: E402
+from nanoseek.model.layers import linear_cross_entropy  # noqa: E402
 
 PEAK_N = 2048
 PRECISIONS = ("fp32", "bf16", "amp")
@@ -110,22 +117,22 @@ class Spec:
     experts: str  # transformers' experts implementation; "" for nanoseek (it picks its own)
     precision: str  # fp32 | bf16 | amp
     compiled: bool = False
+    loss: str = "logits"  # logits: head -> (tokens, vocab) logits -> F.cross_entropy; fused: linear_cross_entropy
 
     @property
     def compute_dtype(self) -> str:
         return "fp32" if self.precision == "fp32" else "bf16"
 
 
-def make_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor,
-              labels: torch.Tensor, amp: bool) -> Callable[[], float]:
+def make_step(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              ids: torch.Tensor, labels: torch.Tensor, amp: bool) -> Callable[[], float]:
     # fused=True: one kernel per parameter, ~4x faster than foreach on CPU; the same optimizer on both sides
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
     model.train()
 
     def step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = forward(ids)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+            loss = loss_fn(ids, labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)  # here rather than first: gradients do not sit in memory between steps
@@ -156,18 +163,34 @@ def build_step(spec: Spec, cfg: nanoseek.ModelConfig, sd: dict[str, torch.Tensor
         m.load_state_dict(sd)
         m.to(dtype)
         fwd = torch.compile(m) if spec.compiled else m
+        hidden = torch.compile(m.forward_hidden) if spec.compiled else m.forward_hidden
+        if spec.loss == "fused":
+            def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return linear_cross_entropy(hidden(x), m.head.weight, y)
+        else:
+            def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(fwd(x).flatten(0, 1).float(), y.flatten())
     else:
         m = build_hf(cfg, sd, spec.experts).to(dtype)
-        fwd = lambda x: m(input_ids=x, use_cache=False).logits  # noqa: E731
-    return make_step(m, fwd, ids, labels, spec.precision == "amp")
+        run = torch.compile(m) if spec.compiled else m
+
+        def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = run(input_ids=x, use_cache=False).logits
+            return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    return make_step(m, loss_fn, ids, labels, spec.precision == "amp")
 
 
 def specs(args: argparse.Namespace) -> list[Spec]:
     want = set(args.only.split(",")) if args.only else None
     out = []
     for precision in PRECISIONS:
-        cands = [Spec("nanoseek", "", precision, c) for c in ((False, True) if args.compile else (False,))]
-        cands += [Spec("transformers", e, precision) for e in args.hf_experts.split(",")]
+        cands = [Spec("nanoseek", "", precision, False, loss) for loss in ("logits", "fused")]
+        if args.compile:
+            cands.append(Spec("nanoseek", "", precision, True, "fused"))
+        experts = args.hf_experts.split(",") if args.hf_experts else ["grouped_mm"] + ["eager"] * (precision == "fp32")
+        cands += [Spec("transformers", e, precision) for e in experts]
+        if args.compile_hf:
+            cands.append(Spec("transformers", "grouped_mm", precision, True))
         out += [c for c in cands if want is None or want & {c.side, c.experts, c.precision,
                                                               f"{c.side}:{c.precision}"}]
     return out
@@ -217,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: time steps by this process's CPU time (for a busy shared machine; use with --threads 1)")
     p.add_argument("--quick", action="store_true", help="batch 2 x seq 128, 1 warm-up + 2 timed rounds")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd nanoseek")
-    p.add_argument("--hf-experts", default="eager,grouped_mm", help="transformers experts implementations")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd nanoseek (fused loss)")
+    p.add_argument("--compile-hf", action="store_true", help="also time torch.compile'd transformers (grouped_mm)")
+    p.add_argument("--hf-experts", default="", help="transformers experts implementations, comma-separated "
+                                                    "(default: grouped_mm, and eager in the fp32 phase)")
     p.add_argument("--only", default="", help="comma list filtering contenders: nanoseek, transformers, "
                                               "fp32, bf16, amp, eager, grouped_mm, or side:precision")
     p.add_argument("--preset", default="small")
@@ -226,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.seq, args.steps, args.warmup = 2, 128, 2, 1
+    if (args.compile or args.compile_hf) and args.warmup < 3:
+        args.warmup = 3  # compilation, then one recompile when the padded expert rows change shape
     torch.set_num_threads(args.threads or torch.get_num_threads())
 
     cfg = dataclasses.replace(nanoseek.ModelConfig.preset(args.preset), num_nextn_predict_layers=0)
@@ -250,13 +277,13 @@ def main(argv: list[str] | None = None) -> None:
         group = [s for s in all_specs if s.precision == precision]
         if group:
             times.update(run_phase(group, cfg, sd, ids, labels, args, peaks))
-            print(f"  {precision}: " + ", ".join(f"{s.side} {label(s)} {median(times[s]):.3f}s" for s in group),
-                  flush=True)
+            print(f"  {precision}: " + ", ".join(f"{s.side} {label(s)} {s.loss} {median(times[s]):.3f}s"
+                                                 for s in group), flush=True)
     tokens = args.batch * args.seq
     tps = {s: tokens / median(t) for s, t in times.items()}
 
-    def best(side: str, precision: str | None = None) -> Spec | None:
-        pool = [s for s in times if s.side == side and (precision is None or s.precision == precision)]
+    def best(side: str, precision: str | None = None, loss: str | None = None) -> Spec | None:
+        pool = [s for s in times if s.side == side and precision in (None, s.precision) and loss in (None, s.loss)]
         return max(pool, key=tps.get) if pool else None
 
     # Head to head: each side's best mode again, interleaved with each other alone (the phases above ran apart).
@@ -270,17 +297,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for s, t in times.items():
         mfu = tps[s] * flops_tok / peak[s.compute_dtype]
-        rows.append([s.side, label(s), s.precision, f"{median(t):.3f} ({min(t):.3f}–{max(t):.3f})",
+        rows.append([s.side, label(s), s.precision, s.loss, f"{median(t):.3f} ({min(t):.3f}–{max(t):.3f})",
                      f"{tps[s]:,.0f}", f"{100 * mfu:.1f}%", f"{tps[s] / tps[hf_best]:.2f}x" if hf_best else "-"])
-    table = markdown_table(["model", "experts", "precision", "step s, median (min–max)", "tokens/s",
+    table = markdown_table(["model", "experts", "precision", "loss", "step s, median (min–max)", "tokens/s",
                             "MFU", "vs transformers best"], rows)
 
     summary = []
-    for text, a, b in (("fp32 vs fp32 (each side's best fp32)", best("nanoseek", "fp32"),
-                        best("transformers", "fp32")),
+    hf_fp32 = best("transformers", "fp32")
+    for text, a, b in (("fp32 vs fp32, the same loss (full logits + CE)", best("nanoseek", "fp32", "logits"), hf_fp32),
+                       ("fp32 vs fp32, each side's best", best("nanoseek", "fp32"), hf_fp32),
                        ("best mode vs best mode", best("nanoseek"), best("transformers"))):
         if a and b:
-            summary.append(f"- {text}: **{tps[a] / tps[b]:.2f}x** (nanoseek {label(a)} {a.precision} "
+            summary.append(f"- {text}: **{tps[a] / tps[b]:.2f}x** (nanoseek {label(a)} {a.precision} {a.loss} "
                            f"{tps[a]:,.0f} tok/s vs transformers {label(b)} {b.precision} {tps[b]:,.0f} tok/s)")
     if h2h:
         a, b = pair
@@ -291,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
         f"- model: `{args.preset}` preset, MTP off on both sides; FLOPs/token (seq {args.seq}): "
         f"{flops_tok / 1e6:.1f} M (nanoseek.info.count)",
         f"- batch {args.batch} x seq {args.seq} = {tokens} tokens/step; {args.warmup} warm-up + {args.steps} timed "
-        f"rounds per precision phase, contenders interleaved within a phase; {args.clock} clock; AdamW (fused=True, both sides), loss = cross-entropy in fp32",
+        f"rounds per precision phase, contenders interleaved within a phase; {args.clock} clock; "
+        "AdamW(fused=True) on both sides; loss `logits` = F.cross_entropy(logits.float()) on the model's full "
+        "logits, `fused` = nanoseek.model.layers.linear_cross_entropy (same value and gradients, in chunks)",
         f"- matmul peak ({PEAK_N}³, median over rounds): fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s, "
         f"bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s ({peak['bf16'] / peak['fp32']:.1f}x)",
         f"- fp32 logits parity with the same weights: max relative difference {drift:.1e}",
@@ -305,7 +335,27 @@ def main(argv: list[str] | None = None) -> None:
     print(report)
     if args.write:
         cmd = "python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.write.write_text(f"## Training step: nanoseek vs transformers\n\n```\n{cmd}\n```\n\n{report}\n")
+        write_section(args.write, f"```\n{cmd}\n```\n\n{report}\n")
+
+
+BEGIN, END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace the generated section of `path` (between the BEGIN/END markers), keeping the notes around it;
+    a file without the markers gets a new one. Atomic: written to a temporary file, then renamed."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{body}{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## Training step: nanoseek vs transformers\n\n{block}\n"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
