@@ -78,3 +78,23 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write_section(path, key: str, title: str, body: str) -> None:
+    """Replace the generated text between `<!-- key:begin -->` and `<!-- key:end -->` in the markdown file `path`,
+    keeping the notes around it; the first time, append a `## title` section. Atomic: temporary file, then rename."""
+    from pathlib import Path
+    path = Path(path)
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    block = f"{begin}\n{body.rstrip(chr(10))}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,9 @@ import httpx
 import torch
 
 import nanoseek
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_section  # noqa: E402
 
 PROMPTS = [f"Question {i}: what is {i} plus {i + 3}? Think step by step." for i in range(64)]
 
@@ -210,7 +212,7 @@ def main() -> int:
 
     # 1. throughput and latency at 1, 8, 32 clients, and the in-process engine on the same batches. The load on a
     # shared machine drifts, so HTTP and engine runs alternate and each keeps its best of `--reps`.
-    lines += [f"| clients | requests | HTTP tok/s | engine tok/s | HTTP / engine | TTFT p50 ms | TTFT p99 ms | "
+    lines += ["| clients | requests | HTTP tok/s | engine tok/s | HTTP / engine | TTFT p50 ms | TTFT p99 ms | "
               "ITL p50 ms | ITL p99 ms |", "|---|---|---|---|---|---|---|---|---|"]
     engine = Engine(model, a.threads)
     unloaded_ttft_p99 = float("nan")
@@ -263,29 +265,9 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if a.write:
-        write_section(Path(a.write), text)
+        write_section(a.write, "serve_load", "Serving: `nanoseek serve` under load (`python bench/serve_load.py`)", text)
     tmp.cleanup()
     return 0
-
-
-BEGIN, END = "<!-- serve_load:begin -->", "<!-- serve_load:end -->"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace the text between this benchmark's markers (appending a section the first time), atomically."""
-    section = f"{BEGIN}\n{body}\n{END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n## Serving: `nanoseek serve` under load (`python bench/serve_load.py`)\n\n" \
-            + section + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(new)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, machine_info, markdown_table, matmul_seconds, median  # noqa: E402
+from common import interleaved, machine_info, markdown_table, matmul_seconds, median, write_section  # noqa: E402
 
 import nanoseek  # noqa: E402
 from nanoseek.info import count  # noqa: E402
@@ -335,27 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report)
     if args.write:
         cmd = "python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section(args.write, f"```\n{cmd}\n```\n\n{report}\n")
-
-
-BEGIN, END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace the generated section of `path` (between the BEGIN/END markers), keeping the notes around it;
-    a file without the markers gets a new one. Atomic: written to a temporary file, then renamed."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{body}{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + f"\n\n## Training step: nanoseek vs transformers\n\n{block}\n"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        write_section(args.write, "train_step", "Training step: nanoseek vs transformers", f"```\n{cmd}\n```\n\n{report}\n")
 
 
 if __name__ == "__main__":

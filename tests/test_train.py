@@ -194,3 +194,57 @@ def test_config_errors(tmp_path, prepared):
     cfg = build({"max_steps": 5, "model": {"name": "tiny", "n_routed_experts": 4, "topk_group": 1, "n_group": 1}},
                 ["--lr", "0.01"])
     assert cfg.max_steps == 5 and cfg.lr == 0.01 and cfg.model_overrides["n_routed_experts"] == 4
+
+
+def test_mha_baseline_module_and_flops():
+    from nanoseek.info import train_flops_per_token
+    from nanoseek.model.attention import MLA
+    from nanoseek.model.mha import MHA, mha_kv_params, use_mha
+    cfg = ModelConfig.preset("tiny")
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    mla = model.layers[0].attn
+    use_mha(model)
+    attns = [m for m in model.modules() if isinstance(m, (MLA, MHA))]
+    assert len(attns) == cfg.num_hidden_layers + cfg.num_nextn_predict_layers
+    assert all(isinstance(m, MHA) for m in attns)
+    mha = model.layers[0].attn
+    assert mha.wk.weight.numel() + mha.wv.weight.numel() == mha_kv_params(cfg)
+    # the query path is MLA's, parameter for parameter
+    assert {n for n, _ in mha.named_parameters() if n.startswith(("wq", "q_norm"))} == \
+           {n for n, _ in mla.named_parameters() if n.startswith(("wq", "q_norm"))}
+    # FLOPs: 6 per extra matmul parameter in every attention module
+    kv = lambda m: sum(p.numel() for n, p in m.named_parameters() if n.startswith(("wkv", "wk", "wv")))
+    delta = kv(mha) - kv(mla)
+    for depth in (0, 1):
+        assert (train_flops_per_token(cfg, 64, depth, "mha") - train_flops_per_token(cfg, 64, depth, "mla")
+                == 6 * (cfg.num_hidden_layers + depth) * delta)
+    # MTP: its block, eh_proj and the shared head run again (all matmul weights but the inactive experts)
+    mtp = Transformer(cfg).mtp[0]
+    inactive = (cfg.n_routed_experts - cfg.num_experts_per_tok) * 3 * cfg.hidden_size * cfg.moe_intermediate_size
+    matmul = sum(p.numel() for n, p in mtp.named_parameters() if not n.endswith("norm.weight")) - inactive
+    matmul += cfg.vocab_size * cfg.hidden_size + cfg.n_routed_experts  # the head; the routing bias as counted
+    attn = 6 * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim) * 64 // 2
+    assert train_flops_per_token(cfg, 64, 1) - train_flops_per_token(cfg, 64, 0) == 6 * matmul + attn
+    # causal, and the cache path refuses clearly
+    x = torch.randint(0, cfg.vocab_size, (2, 12))
+    y = x.clone()
+    y[:, 8:] = (y[:, 8:] + 1) % cfg.vocab_size
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[:, :8], model(y)[:, :8])
+    with pytest.raises(NotImplementedError, match="no KV cache"):
+        mha(torch.zeros(1, 1, cfg.hidden_size), None, None, cache=object())
+
+
+def test_mha_baseline_trains_and_is_not_exported(tmp_path, prepared):
+    from nanoseek.train import pretrain
+    cfg = cfg_for(tmp_path, "--attention", "mha", "--max_steps", "6")
+    cfg.data, cfg.tokenizer = str(prepared / "data"), str(prepared / "tok")
+    logs: list[str] = []
+    summary = pretrain.run(cfg, log=logs.append)
+    rows = metrics(tmp_path)
+    assert rows[-1]["loss"] < rows[0]["loss"] and math.isfinite(summary["val_loss"])
+    assert "model_dir" not in summary and any("not exported" in s for s in logs)
+    assert not os.path.exists(os.path.join(tmp_path, "model"))
+    with pytest.raises(ValueError, match="attention: expected mla or mha"):
+        build(None, ["--attention", "gqa"])

@@ -70,6 +70,28 @@ def count(cfg: ModelConfig, seq_len: int = 4096, dtype_bytes: int = 2) -> dict[s
     }
 
 
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, mtp_depth: int = 0, attention: str = "mla") -> int:
+    """Training FLOPs per token of a whole step: count()'s main model, plus `mtp_depth` trained MTP modules
+    (eh_proj, one decoder layer and the shared output head run again), plus, for the MHA baseline of the ablation
+    (nanoseek.model.mha), its per-head K/V projections in place of MLA's W_kva and W_kvb."""
+    d, V, H = cfg.hidden_size, cfg.vocab_size, cfg.num_attention_heads
+    flops = count(cfg, seq_len=seq_len)["flops_per_token"]
+    layer_attn = 6 * H * (cfg.qk_head_dim + cfg.v_head_dim) * seq_len // 2
+    if mtp_depth:
+        block, inactive = block_params(cfg, cfg.is_moe)
+        norms = 2 * d + (cfg.q_lora_rank or 0) + cfg.kv_lora_rank  # the block's norms are not matmuls
+        matmul = 2 * d * d + (block - inactive - norms) + V * d
+        flops += mtp_depth * (6 * matmul + layer_attn)
+    if attention == "mha":
+        mla_kv = d * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + cfg.kv_lora_rank * H * (cfg.qk_nope_head_dim
+                                                                                       + cfg.v_head_dim)
+        mha_kv = d * H * (cfg.qk_head_dim + cfg.v_head_dim)
+        flops += 6 * (cfg.num_hidden_layers + mtp_depth) * (mha_kv - mla_kv)
+    elif attention != "mla":
+        raise ValueError(f"attention must be mla or mha, got {attention!r}")
+    return flops
+
+
 def _human(n: float) -> str:
     for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:

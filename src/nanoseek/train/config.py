@@ -17,6 +17,7 @@ class TrainConfig:
     model: str = "tiny"  # preset name or model directory (config.json; weights loaded when present, for SFT)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     dense: bool = False  # dense baseline with the same activated parameters (routed+shared experts -> one MLP)
+    attention: str = "mla"  # mla | mha: standard multi-head attention baseline (ablations; not exportable)
     init_std: float | None = None  # None: the config's initializer_range
     # data
     data: str = "builtin"  # a prepared data dir (manifest.json), or a built-in corpus: builtin | pydoc | tasks
@@ -68,6 +69,8 @@ class TrainConfig:
             raise bad("schedule", "expected wsd, cosine or constant")
         if self.parallel not in ("ddp", "fsdp"):
             raise bad("parallel", "expected ddp or fsdp")
+        if self.attention not in ("mla", "mha"):
+            raise bad("attention", "expected mla or mha")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise bad("dtype", "expected auto, float32 or bfloat16")
         if not 0 <= self.decay_frac <= 1:

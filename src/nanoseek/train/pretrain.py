@@ -36,11 +36,14 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         trainer = Trainer(cfg, data, env, log=log if env.is_main else (lambda s: None))
         if env.is_main:
             n = sum(p.numel() for p in trainer.model.parameters())
-            log(f"model {cfg.model}{' (dense baseline)' if cfg.dense else ''}: {n:,} parameters; "
+            log(f"model {cfg.model}{' (dense baseline)' if cfg.dense else ''}{' (MHA baseline)' if cfg.attention == 'mha' else ''}: {n:,} parameters; "
                 f"data {data.info.get('data_dir')}: {data.info.get('train_tokens', 0):,} train tokens; "
                 f"{env.world_size} process(es) on {env.device}, global batch {trainer.global_batch} x {cfg.seq_len}")
         summary = trainer.fit()
-        if cfg.export and env.is_main:
+        if cfg.export and cfg.attention == "mha" and env.is_main:
+            log("not exported: the MHA baseline has no Hugging Face DeepSeek format (its checkpoints are in "
+                f"{trainer.ckpt_dir})")
+        elif cfg.export and env.is_main:
             summary["model_dir"] = export(trainer, data.tokenizer_dir, os.path.join(cfg.run_dir, "model"))
         distributed.barrier(env)
         if env.is_main:

@@ -158,6 +158,9 @@ def load_model(cfg: TrainConfig) -> torch.nn.Module | None:
 def run(cfg: TrainConfig, task: str | None = None, task_examples: int = 2000,
         task_levels: Sequence[int] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     from .pretrain import export
+    if cfg.attention != "mla":
+        raise ValueError("sft: --attention mha is a pretraining ablation baseline; SFT trains and exports "
+                         "DeepSeek (MLA) models")
     env = distributed.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -87,6 +87,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if model is None:
             model = Transformer(build_model_config(cfg, data.vocab_size))
+            if cfg.attention == "mha":
+                from ..model.mha import use_mha
+                use_mha(model)
         self.model = model.to(env.device)
         self.mcfg = model.config
         self.objective = TrainingObjective(self.model, cfg.mtp_lambda)
@@ -102,8 +105,9 @@ class Trainer:
         self.step = 0
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
-        from ..info import count
-        self.flops_per_token = count(self.mcfg, seq_len=cfg.seq_len)["flops_per_token"]
+        from ..info import train_flops_per_token
+        mtp_depth = len(self.model.mtp) if cfg.mtp_lambda > 0 else 0
+        self.flops_per_token = train_flops_per_token(self.mcfg, cfg.seq_len, mtp_depth, cfg.attention)
         self.peak = matmul_peak_flops(env.device, self.amp or torch.float32) * env.world_size
 
     # ------------------------------------------------------------------ checkpoints

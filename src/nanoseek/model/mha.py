@@ -1,0 +1,87 @@
+"""Standard multi-head attention with the same heads as MLA: the baseline of the MLA-vs-MHA ablation.
+
+The query path is MLA's (q-LoRA or a full projection, RoPE on the rope part), so the only difference is the KV path:
+
+    MLA:  [c; k_pe] = W_kva · x,  [k_nope; v] = W_kvb · RMSNorm(c)   cache per token and layer: c + r values
+    MHA:  [k_nope; k_pe] = W_k · x (per head),  v = W_v · x          cache per token and layer: H · (d_qk + d_v)
+
+with RoPE on each head's own k_pe. Swapped into a built Transformer by `use_mha` (the model code is unchanged).
+It is a training baseline only: it has no absorbed path, no cache, and no Hugging Face checkpoint format.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import MLA
+from .layers import RMSNorm
+from .rope import apply_rope
+
+
+class MHA(nn.Module):
+    query = MLA.query  # the same query computation as MLA (uses wq or wq_a/q_norm/wq_b, n_heads, head dims)
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads = cfg.num_attention_heads
+        self.q_lora_rank = cfg.q_lora_rank
+        self.qk_nope_head_dim = cfg.qk_nope_head_dim
+        self.qk_rope_head_dim = cfg.qk_rope_head_dim
+        self.v_head_dim = cfg.v_head_dim
+        self.softmax_scale = cfg.softmax_scale
+        dim, bias, H = cfg.hidden_size, cfg.attention_bias, cfg.num_attention_heads
+        if self.q_lora_rank is None:
+            self.wq = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
+        else:
+            self.wq_a = nn.Linear(dim, self.q_lora_rank, bias=bias)
+            self.q_norm = RMSNorm(self.q_lora_rank, cfg.rms_norm_eps)
+            self.wq_b = nn.Linear(self.q_lora_rank, H * cfg.qk_head_dim, bias=False)
+        self.wk = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
+        self.wv = nn.Linear(dim, H * self.v_head_dim, bias=False)
+        self.wo = nn.Linear(H * self.v_head_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None, cache: object | None = None) -> torch.Tensor:
+        if cache is not None:
+            raise NotImplementedError("the MHA baseline is for training ablations: it has no KV cache")
+        q_nope, q_pe = self.query(x, cos, sin)
+        k = self.wk(x).unflatten(-1, (self.n_heads, -1))
+        k_nope, k_pe = k.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        k = torch.cat([k_nope, apply_rope(k_pe, cos[:, :, None], sin[:, :, None])], dim=-1)
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        v = self.wv(x).unflatten(-1, (self.n_heads, -1))
+        pad = q.shape[-1] - self.v_head_dim  # as in MLA: V as wide as Q/K so SDPA takes its fused kernel
+        if pad > 0:
+            v = F.pad(v, (0, pad))
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=None if mask is None else mask[:, None], is_causal=mask is None, scale=self.softmax_scale)
+        return self.wo(o.transpose(1, 2)[..., :self.v_head_dim].flatten(2))
+
+
+def mha_kv_params(cfg: ModelConfig) -> int:
+    """Parameters of MHA's K and V projections (its query and output projections are MLA's)."""
+    return cfg.hidden_size * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim)
+
+
+def use_mha(model: nn.Module, std: float | None = None) -> nn.Module:
+    """Replace every MLA of a Transformer (main layers and MTP blocks) by a freshly initialised MHA, in place."""
+    cfg = model.config
+    std = cfg.initializer_range if std is None else std
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MLA):
+            parent = model.get_submodule(name.rsplit(".", 1)[0])
+            mha = MHA(cfg, module.layer_id).to(device=module.wo.weight.device, dtype=module.wo.weight.dtype)
+            with torch.no_grad():
+                for pname, p in mha.named_parameters():
+                    if pname.endswith("norm.weight"):
+                        p.fill_(1.0)
+                    elif pname.endswith(".bias"):
+                        p.zero_()
+                    else:
+                        p.normal_(0.0, std)
+            parent.attn = mha
+    return model
