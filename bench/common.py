@@ -20,7 +20,11 @@ def lscpu() -> dict[str, str]:
 
 
 def machine_info() -> dict[str, str]:
-    import transformers
+    try:
+        import transformers
+        tf_version = transformers.__version__
+    except ImportError:
+        tf_version = "not installed"
 
     cpu = lscpu()
     flags = set(cpu.get("Flags", "").split())
@@ -31,7 +35,7 @@ def machine_info() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "matrix_isa": " ".join(matrix) or "none reported",
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "transformers": tf_version,
         "python": platform.python_version(),
         "threads": str(torch.get_num_threads()),
         "load_avg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
