@@ -248,3 +248,29 @@ def test_mha_baseline_trains_and_is_not_exported(tmp_path, prepared):
     assert not os.path.exists(os.path.join(tmp_path, "model"))
     with pytest.raises(ValueError, match="attention: expected mla or mha"):
         build(None, ["--attention", "gqa"])
+
+
+def test_objective_matches_full_logits_cross_entropy():
+    """The objective's chunked head + CE equals F.cross_entropy on the full logits, value and gradients."""
+    import torch.nn.functional as F
+    from nanoseek.train.loss import TrainingObjective
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny")
+    model = Transformer(cfg)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    y = torch.randint(0, cfg.vocab_size, (2, 16))
+    y[0, :5] = -100  # ignored positions (SFT prompts)
+    loss, parts = TrainingObjective(model, mtp_lambda=0.3)(x, y)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    h = model.forward_hidden(x)
+    ce = F.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-100)
+    (mtp,) = model.forward_mtp(x, h)
+    ref = ce + 0.3 * F.cross_entropy(mtp.flatten(0, 1), y[:, 1:].flatten(), ignore_index=-100)
+    ref.backward()
+    torch.testing.assert_close(parts["ce"], ce.detach())
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)

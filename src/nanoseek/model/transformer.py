@@ -111,6 +111,11 @@ class Transformer(nn.Module):
                     positions: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Training-time MTP over a whole sequence. hidden: forward_hidden(input_ids). Returns, for each depth k,
         logits (batch, seq − k, vocab) where position i predicts token i + k + 1."""
+        return [self.head(h) for h in self.forward_mtp_hidden(input_ids, hidden, positions)]
+
+    def forward_mtp_hidden(self, input_ids: torch.Tensor, hidden: torch.Tensor,
+                           positions: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """forward_mtp before the shared output head: for each depth k, (batch, seq − k, dim)."""
         pos = self._positions(input_ids, positions, None)
         out, h = [], hidden
         for k, mtp in enumerate(self.mtp, start=1):
@@ -119,7 +124,7 @@ class Transformer(nn.Module):
                 break
             cos, sin = rope_cos_sin(self.config, pos[:, k:])
             h = mtp(self.embed(input_ids[:, k:]), h[:, :n], cos, sin)
-            out.append(self.head(h))
+            out.append(h)
         return out
 
     def mtp_step(self, k: int, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,

@@ -1,15 +1,16 @@
 """The training objective as a module, so that DDP / FSDP2 wrap one forward that does everything.
 
     L = CE(main) + λ/D · Σ_k CE(MTP_k) + L_bal (sequence-wise balance loss, from the LoadBalancer's hooks)
-Labels equal to -100 are ignored (SFT masks everything but the assistant's tokens).
+Labels equal to -100 are ignored (SFT masks everything but the assistant's tokens). Each CE runs the output head
+and the loss together in chunks (linear_cross_entropy): the (tokens, vocab) logits are never materialised.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..model import Transformer
+from ..model.layers import linear_cross_entropy
 
 
 class TrainingObjective(nn.Module):
@@ -22,16 +23,14 @@ class TrainingObjective(nn.Module):
         """input_ids, labels (b, s): labels[:, i] is the token that follows input_ids[:, i]."""
         model = self.model
         hidden = model.forward_hidden(input_ids)
-        logits = model.head(hidden)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        ce = linear_cross_entropy(hidden, model.head.weight, labels)
         parts = {"ce": ce.detach()}
         loss = ce
         if self.mtp_lambda > 0 and len(model.mtp):
             # depth k at position i predicts token i+k+1 = labels[:, i+k]; its input token is input_ids[:, i+k]
-            mtp_logits = model.forward_mtp(input_ids, hidden)
             losses = []
-            for k, lg in enumerate(mtp_logits, start=1):
-                losses.append(F.cross_entropy(lg.flatten(0, 1).float(), labels[:, k:].flatten(), ignore_index=-100))
+            for k, h in enumerate(model.forward_mtp_hidden(input_ids, hidden), start=1):
+                losses.append(linear_cross_entropy(h, model.head.weight, labels[:, k:]))
                 parts[f"mtp{k}"] = losses[-1].detach()
             if losses:
                 loss = loss + self.mtp_lambda / len(model.mtp) * torch.stack(losses).sum()
