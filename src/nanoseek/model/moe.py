@@ -99,13 +99,7 @@ class Experts(nn.Module):
             g, u = h.split(self.inter_dim, dim=-1)
             ys = torch._grouped_mm(F.silu(g) * u, w2.transpose(1, 2), offs=offs)
         else:
-            ys = torch.empty_like(xs)
-            start = 0
-            for e, n in enumerate(counts.tolist()):
-                if n:
-                    g, u = F.linear(xs[start:start + n], w13[e]).split(self.inter_dim, dim=-1)
-                    ys[start:start + n] = F.linear(F.silu(g) * u, w2[e])
-                    start += n
+            ys = _expert_loop(xs, w13, w2, counts, self.inter_dim)
         ys = (ys * w_sorted[:, None]).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
 
@@ -134,10 +128,26 @@ def _pad_groups(token: torch.Tensor, w_sorted: torch.Tensor, expert_sorted: torc
     return token_p, w_p, padded
 
 
+@torch.compiler.disable  # token counts are data: traced, every new set of counts would be a recompilation
+def _expert_loop(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, counts: torch.Tensor,
+                 inter_dim: int) -> torch.Tensor:
+    """SwiGLU of each expert that received tokens on its contiguous rows of xs (rows sorted by expert)."""
+    ys = torch.empty_like(xs)
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            g, u = F.linear(xs[start:start + n], w13[e]).split(inter_dim, dim=-1)
+            ys[start:start + n] = F.linear(F.silu(g) * u, w2[e])
+            start += n
+    return ys
+
+
 def _use_grouped_mm(x: torch.Tensor) -> bool:
     # The grouped GEMM needs 16-byte aligned rows and, on CUDA, a Hopper-class GPU for bf16.
     if not hasattr(torch, "_grouped_mm") or x.shape[-1] * x.element_size() % 16:
         return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return False  # the op's fake (tracing) kernel accepts only bf16, though the CPU kernel runs fp32 too
     if x.is_cuda:
         return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
     return x.device.type == "cpu"
