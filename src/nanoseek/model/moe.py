@@ -95,9 +95,10 @@ class Experts(nn.Module):
         xs = x.to(dtype).index_select(0, token)  # (rows, dim), grouped by expert
         if _use_grouped_mm(xs):
             offs = counts.cumsum(0).to(torch.int32)
-            h = torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs)
-            g, u = h.split(self.inter_dim, dim=-1)
-            ys = torch._grouped_mm(F.silu(g) * u, w2.transpose(1, 2), offs=offs)
+            # The op's tracing (fake) kernel accepts only bf16, though the CPU kernel runs fp32: a compiled fp32
+            # model runs the experts eagerly, outside the graph.
+            traceable = xs.dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+            ys = (_grouped_swiglu if traceable else _grouped_swiglu_eager)(xs, w13, w2, offs, self.inter_dim)
         else:
             ys = _expert_loop(xs, w13, w2, counts, self.inter_dim)
         ys = (ys * w_sorted[:, None]).to(x.dtype)
@@ -128,6 +129,16 @@ def _pad_groups(token: torch.Tensor, w_sorted: torch.Tensor, expert_sorted: torc
     return token_p, w_p, padded
 
 
+def _grouped_swiglu(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offs: torch.Tensor,
+                    inter_dim: int) -> torch.Tensor:
+    """Each expert's SwiGLU on its rows of xs as two grouped GEMMs; offs: cumulative row counts (int32)."""
+    g, u = torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs).split(inter_dim, dim=-1)
+    return torch._grouped_mm(F.silu(g) * u, w2.transpose(1, 2), offs=offs)
+
+
+_grouped_swiglu_eager = torch.compiler.disable(_grouped_swiglu)
+
+
 @torch.compiler.disable  # token counts are data: traced, every new set of counts would be a recompilation
 def _expert_loop(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, counts: torch.Tensor,
                  inter_dim: int) -> torch.Tensor:
@@ -146,8 +157,6 @@ def _use_grouped_mm(x: torch.Tensor) -> bool:
     # The grouped GEMM needs 16-byte aligned rows and, on CUDA, a Hopper-class GPU for bf16.
     if not hasattr(torch, "_grouped_mm") or x.shape[-1] * x.element_size() % 16:
         return False
-    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
-        return False  # the op's fake (tracing) kernel accepts only bf16, though the CPU kernel runs fp32 too
     if x.is_cuda:
         return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
     return x.device.type == "cpu"
