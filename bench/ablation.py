@@ -10,7 +10,8 @@ Variants of the default `nanoseek train` run (the `tiny` preset on the built-in 
 The FLOP budget is the default run's (FLOPs/token of a training step x tokens/step x its steps); every variant
 gets the steps that spend the same budget (nanoseek.info.train_flops_per_token counts MTP and MHA). Reported:
 validation loss of the main head (nats/token, same validation windows), KV-cache bytes/token (bf16), steps.
-Each run is `nanoseek train` in a subprocess at one thread, `--jobs` at a time.
+Each run is `nanoseek train` in a subprocess at one thread, `--jobs` at a time; a run directory that already holds
+a finished run of the planned length is reused, so an interrupted benchmark continues where it stopped.
 
     python bench/ablation.py --write BENCHMARKS.md
 """
@@ -71,22 +72,42 @@ def prepare_data(out: Path, base: list[str]) -> tuple[str, str]:
     return data.info["data_dir"], data.tokenizer_dir
 
 
+def data_tokens(data_dir: str) -> int:
+    return json.loads((Path(data_dir) / "manifest.json").read_text())["splits"]["train"]["tokens"]
+
+
 def run_one(name: str, seed: int, steps: int, out: Path, data: tuple[str, str], base: list[str]) -> dict:
     run_dir = out / f"{name.replace('@', '-at-')}-s{seed}"
     cmd = [sys.executable, "-m", "nanoseek.cli", "train", *base, *VARIANTS[name.split("@")[0]], "--data", data[0], "--tokenizer", data[1],
            "--run_dir", str(run_dir), "--max_steps", str(steps), "--seed", str(seed), "--threads", "1",
            "--export", "false", "--progress", "false", "--ckpt_every", str(steps), "--keep_checkpoints", "1"]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = _finished(run_dir, steps)
+    if rows is None:  # not run yet, or interrupted: (re)train from scratch
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        rows = _finished(run_dir, steps)
+        if rows is None:
+            raise RuntimeError(f"{run_dir}: the run ended without its final validation")
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     print(f"  {name} seed {seed}: {steps} steps, val loss {val[-1]:.4f}, {time.perf_counter() - t:.0f} s",
           flush=True)
-    return {"name": name, "seed": seed, "steps": steps, "val_loss": val[-1], "tokens_per_s": statistics.median(tps),
-            "wall_s": time.perf_counter() - t}
+    train_ce = statistics.mean(r["ce"] for r in rows[-50:])
+    return {"name": name, "seed": seed, "steps": steps, "val_loss": val[-1], "train_ce": train_ce,
+            "tokens_per_s": statistics.median(tps), "wall_s": time.perf_counter() - t}
+
+
+def _finished(run_dir: Path, steps: int) -> list[dict] | None:
+    """The metrics of a run that reached `steps` with a final validation (an earlier invocation's), else None."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows or rows[-1]["step"] != steps or "val_loss" not in rows[-1]:
+        return None
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,9 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         what = f"{v}: {DESCRIPTION[v]}" if "@" not in v else f"{v}: {DESCRIPTION[v.split('@')[0]]}, same steps"
         rows.append([what, f"{plan[v]['steps']}", f"{plan[v]['flops_per_token'] / 1e6:.2f} M",
                      f"{mean:.4f}", " / ".join(f"{x:.4f}" for x in losses), f"{mean - ref:+.4f}",
+                     f"{statistics.mean(r['train_ce'] for r in by[v]):.3f}",
                      f"{plan[v]['kv_bytes']:,}", f"{statistics.median(r['tokens_per_s'] for r in by[v]):,.0f}"])
     table = markdown_table(["variant", "steps", "train FLOPs/token", "val loss (mean)", "per seed",
-                            f"vs {names[0]}", "KV bytes/token (bf16)", "tokens/s (1 thread)"], rows)
+                            f"vs {names[0]}", "train CE, last 50 steps", "KV bytes/token (bf16)", "tokens/s (1 thread)"], rows)
     m = machine_info()
     cmd = "python bench/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = (f"```\n{cmd}\n```\n\n{table}\n\n"
@@ -155,8 +177,11 @@ def main(argv: list[str] | None = None) -> None:
               + (f"- `@steps` rows: the same variant at the deepseek variant's {args.steps} steps, i.e. the same "
                  f"training tokens (the setting of DeepSeek-V3's own ablations), not the same FLOPs\n"
                  if same_steps else "")
-              + f"- validation: the main head's cross-entropy on the same held-out windows of the built-in corpus\n"
-              f"- {len(results)} runs, {args.jobs} at a time at one thread each, {wall / 60:.1f} min wall\n"
+              + f"- validation: the main head's cross-entropy on the same held-out windows of the built-in corpus; "
+              f"train CE: the main head's loss on the training batches, mean of the last 50 steps (the gap to the "
+              f"validation loss is memorisation: the corpus has {data_tokens(data[0]):,} training tokens)\n"
+              f"- {len(results)} runs, {args.jobs} at a time at one thread each ({wall / 60:.1f} min wall for this "
+              f"invocation; runs reused from an earlier one take none)\n"
               f"- machine: {m['cpu']} ({m['matrix_isa']}), {m['cores']} cores, torch {m['torch']}, "
               f"Python {m['python']}, load average at end {m['load_avg']}; {m['date']}\n")
     print(report)
