@@ -338,3 +338,20 @@ def test_cli_info_json(capsys):
 def test_public_api():
     assert nanoseek.ModelConfig is ModelConfig and nanoseek.Transformer is Transformer
     assert math.isclose(count(tiny())["active_fraction"], count(tiny())["active_params"] / count(tiny())["total_params"])
+
+
+def test_grouped_mm_op_traces_in_fp32():
+    """nanoseek::grouped_mm (what a compiled non-bf16 MoE calls): torch._grouped_mm's values and gradients, with
+    a fake kernel and autograd formula that torch.library.opcheck accepts (empty groups included)."""
+    from nanoseek.model.moe import grouped_mm
+    torch.manual_seed(0)
+    offs = torch.tensor([5, 0, 7, 4]).cumsum(0).to(torch.int32)
+    a = torch.randn(16, 32, requires_grad=True)
+    b = torch.randn(4, 48, 32).transpose(1, 2).requires_grad_()
+    g = torch.randn(16, 48)
+    torch._grouped_mm(a, b, offs=offs).backward(g)
+    ref = a.grad.clone(), b.grad.clone()
+    a.grad = b.grad = None
+    grouped_mm(a, b, offs).backward(g)
+    torch.testing.assert_close((a.grad, b.grad), ref)
+    torch.library.opcheck(grouped_mm, (a, b, offs))

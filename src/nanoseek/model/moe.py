@@ -95,10 +95,10 @@ class Experts(nn.Module):
         xs = x.to(dtype).index_select(0, token)  # (rows, dim), grouped by expert
         if _use_grouped_mm(xs):
             offs = counts.cumsum(0).to(torch.int32)
-            # The op's tracing (fake) kernel accepts only bf16, though the CPU kernel runs fp32: a compiled fp32
-            # model runs the experts eagerly, outside the graph.
+            # torch._grouped_mm's tracing (fake) kernel accepts only bf16, though the CPU kernel runs fp32 too:
+            # a compiled model in another dtype calls it through nanoseek::grouped_mm, which traces in any dtype.
             traceable = xs.dtype == torch.bfloat16 or not torch.compiler.is_compiling()
-            ys = (_grouped_swiglu if traceable else _grouped_swiglu_eager)(xs, w13, w2, offs, self.inter_dim)
+            ys = _grouped_swiglu(xs, w13, w2, offs, self.inter_dim, torch._grouped_mm if traceable else grouped_mm)
         else:
             ys = _expert_loop(xs, w13, w2, counts, self.inter_dim)
         ys = (ys * w_sorted[:, None]).to(x.dtype)
@@ -130,13 +130,40 @@ def _pad_groups(token: torch.Tensor, w_sorted: torch.Tensor, expert_sorted: torc
 
 
 def _grouped_swiglu(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offs: torch.Tensor,
-                    inter_dim: int) -> torch.Tensor:
+                    inter_dim: int, gmm=torch._grouped_mm) -> torch.Tensor:
     """Each expert's SwiGLU on its rows of xs as two grouped GEMMs; offs: cumulative row counts (int32)."""
-    g, u = torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs).split(inter_dim, dim=-1)
-    return torch._grouped_mm(F.silu(g) * u, w2.transpose(1, 2), offs=offs)
+    g, u = gmm(xs, w13.transpose(1, 2), offs=offs).split(inter_dim, dim=-1)
+    return gmm(F.silu(g) * u, w2.transpose(1, 2), offs=offs)
 
 
-_grouped_swiglu_eager = torch.compiler.disable(_grouped_swiglu)
+@torch.library.custom_op("nanoseek::grouped_mm", mutates_args=())
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm as an op torch.compile traces in any dtype. Groups of rows set by offs (cumulative):
+    a (M, K) x b (G, K, N) -> (M, N), group g's rows times b[g]; or a (K, M) x b (M, N) -> (G, K, N)."""
+    return torch._grouped_mm(a, b, offs=offs)
+
+
+@grouped_mm.register_fake
+def _grouped_mm_shape(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    if b.dim() == 3:
+        return a.new_empty(a.shape[0], b.shape[-1])
+    return a.new_empty(offs.shape[0], a.shape[0], b.shape[-1])
+
+
+def _grouped_mm_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad: torch.Tensor):
+    """Y_g = A_g B_g:  dA_g = dY_g B_gᵀ,  dB_g = A_gᵀ dY_g (the second form of the op). Forward form 1 only."""
+    a, b, offs = ctx.saved_tensors
+    grad = grad.contiguous()  # the kernel rejects broadcast (stride 0) gradients
+    ga = grouped_mm(grad, b.transpose(-2, -1).contiguous(), offs) if ctx.needs_input_grad[0] else None
+    gb = grouped_mm(a.t(), grad, offs) if ctx.needs_input_grad[1] else None
+    return ga, gb, None
+
+
+grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 @torch.compiler.disable  # token counts are data: traced, every new set of counts would be a recompilation
