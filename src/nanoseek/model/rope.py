@@ -45,6 +45,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     Computed as one complex product (a + ib)(cos + i sin), as DeepSeek's own code does: the same fp32 products
     and sums as the real form (bit-identical here), in one kernel instead of ~10 (strided copies, stack, casts)."""
     xf = x.float()
+    if torch.compiler.is_compiling():  # inductor generates no code for complex ops: the real form fuses instead
+        a, b = xf.unflatten(-1, (-1, 2)).unbind(-1)
+        c, s = cos.float(), sin.float()
+        return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(-2).to(x.dtype)
     if xf.stride(-1) != 1 or xf.storage_offset() % 2 or any(st % 2 for st in xf.stride()[:-1]):
         xf = xf.contiguous()  # view_as_complex needs (re, im) pairs at even offsets
     rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * torch.complex(cos.float(), sin.float())
