@@ -205,7 +205,9 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, indices = self.gate(x)
-        counts = torch.bincount(indices.flatten(), minlength=self.n_experts)
+        flat = indices.flatten()  # tokens per expert; not bincount, whose output shape torch.compile cannot know
+        counts = torch.zeros(self.n_experts, dtype=torch.long, device=x.device)
+        counts.index_add_(0, flat, torch.ones_like(flat))
         self.tokens_per_expert = counts
         y = self.experts(x, weights, indices, counts)
         if self.shared_experts is not None:
