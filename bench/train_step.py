@@ -5,7 +5,8 @@ with MTP off (num_nextn_predict_layers = num_mtp_layers = 0), the same weights (
 transformers' names; the fp32 logits are checked to agree) and the same batch (default 8 x 256 tokens: the batch
 the `small` pretraining demo trains on, big enough that the optimizer step is a small part of the step). One
 phase per precision; inside a phase the contenders run interleaved (one step of each per round, order rotated),
-warm-up rounds first, and we report the median. At the end each side's best mode runs again, head to head.
+warm-up rounds first, and we report the median. At the end the two best modes, and the two best fp32 modes, run again
+head to head, each pair alone (contenders of a phase disturb each other: these pairs give the headline ratios).
 
 Precisions: fp32; bf16 = bf16 weights, gradients and AdamW state (no fp32 master copy: a throughput measure, not a
 training recipe); amp = fp32 weights with torch.autocast("cpu", bfloat16) around the forward and the loss.
