@@ -14,13 +14,7 @@ from nanoseek.infer import LLM, SamplingParams
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepseek-r1-tokenizer"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP stalls make them slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

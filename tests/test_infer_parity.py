@@ -10,13 +10,7 @@ from nanoseek import ModelConfig, Transformer, save_pretrained  # noqa: E402
 from nanoseek.infer import LLM, SamplingParams  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP stalls make them slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_greedy_equals_transformers_generate(tmp_path):

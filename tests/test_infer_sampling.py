@@ -9,13 +9,7 @@ from nanoseek.infer import SamplingParams, best_of_n, extract_answer, majority_v
 from nanoseek.infer.sampling import apply_penalties, filtered_logprobs, sample_from_logprobs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP stalls make them slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def filt(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):

@@ -16,14 +16,6 @@ from nanoseek.report import accounting, build_report, resolve
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture()
-def one_thread():
-    """The measurements run in this process: one thread keeps them quick on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _pngs_ok(rep: dict, *names: str) -> None:
     files = {Path(f).name: Path(f) for f in rep["files"]}
