@@ -88,6 +88,8 @@ def write_section(path, key: str, title: str, body: str) -> None:
     """Replace the generated text between `<!-- key:begin -->` and `<!-- key:end -->` in the markdown file `path`,
     keeping the notes around it; the first time, append a `## title` section. Atomic: temporary file, then rename."""
     from pathlib import Path
+
+    from nanoseek.data.prepare import atomic_write
     path = Path(path)
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
     block = f"{begin}\n{body.rstrip(chr(10))}\n{end}"
@@ -96,9 +98,4 @@ def write_section(path, key: str, title: str, body: str) -> None:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
