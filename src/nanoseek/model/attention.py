@@ -45,16 +45,21 @@ class MLA(nn.Module):
         self.v_head_dim = cfg.v_head_dim
         self.softmax_scale = cfg.softmax_scale
         dim, bias, H = cfg.hidden_size, cfg.attention_bias, cfg.num_attention_heads
-        if self.q_lora_rank is None:
-            self.wq = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
-        else:
-            self.wq_a = nn.Linear(dim, self.q_lora_rank, bias=bias)
-            self.q_norm = RMSNorm(self.q_lora_rank, cfg.rms_norm_eps)
-            self.wq_b = nn.Linear(self.q_lora_rank, H * cfg.qk_head_dim, bias=False)
+        self._build_query(cfg)
         self.wkv_a = nn.Linear(dim, self.kv_lora_rank + self.qk_rope_head_dim, bias=bias)
         self.kv_norm = RMSNorm(self.kv_lora_rank, cfg.rms_norm_eps)
         self.wkv_b = nn.Linear(self.kv_lora_rank, H * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
         self.wo = nn.Linear(H * self.v_head_dim, dim, bias=bias)
+
+    def _build_query(self, cfg: ModelConfig) -> None:
+        """The query projections: wq, or with q-LoRA wq_a, q_norm, wq_b (shared with the MHA baseline)."""
+        dim, H = cfg.hidden_size, cfg.num_attention_heads
+        if self.q_lora_rank is None:
+            self.wq = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
+        else:
+            self.wq_a = nn.Linear(dim, self.q_lora_rank, bias=cfg.attention_bias)
+            self.q_norm = RMSNorm(self.q_lora_rank, cfg.rms_norm_eps)
+            self.wq_b = nn.Linear(self.q_lora_rank, H * cfg.qk_head_dim, bias=False)
 
     def query(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q_nope (b,s,h,d) and rotated q_pe (b,s,h,r)."""

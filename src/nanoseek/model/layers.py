@@ -6,6 +6,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@torch.no_grad()
+def init_parameters(module: nn.Module, std: float) -> None:
+    """Training-from-scratch init: Normal(0, std) for every matrix, ones for norm weights, zeros for biases."""
+    for name, p in module.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith(".bias"):
+            p.zero_()
+        else:
+            p.normal_(0.0, std)
+
+
 class _RMSNormFn(torch.autograd.Function):
     """RMSNorm with a hand-written backward: autograd through the decomposed norm makes ~12 full-size passes
     (and, in bf16, several fp32 copies of the activations); this makes ~6 and saves only x and the per-row

@@ -16,12 +16,14 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import MLA
-from .layers import RMSNorm
+from .layers import init_parameters
 from .rope import apply_rope
 
 
 class MHA(nn.Module):
-    query = MLA.query  # the same query computation as MLA (uses wq or wq_a/q_norm/wq_b, n_heads, head dims)
+    # MLA's query projections and computation (they read wq or wq_a/q_norm/wq_b, n_heads, the head dims)
+    _build_query = MLA._build_query
+    query = MLA.query
 
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
@@ -33,12 +35,7 @@ class MHA(nn.Module):
         self.v_head_dim = cfg.v_head_dim
         self.softmax_scale = cfg.softmax_scale
         dim, bias, H = cfg.hidden_size, cfg.attention_bias, cfg.num_attention_heads
-        if self.q_lora_rank is None:
-            self.wq = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
-        else:
-            self.wq_a = nn.Linear(dim, self.q_lora_rank, bias=bias)
-            self.q_norm = RMSNorm(self.q_lora_rank, cfg.rms_norm_eps)
-            self.wq_b = nn.Linear(self.q_lora_rank, H * cfg.qk_head_dim, bias=False)
+        self._build_query(cfg)
         self.wk = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
         self.wv = nn.Linear(dim, H * self.v_head_dim, bias=False)
         self.wo = nn.Linear(H * self.v_head_dim, dim, bias=bias)
@@ -75,13 +72,6 @@ def use_mha(model: nn.Module, std: float | None = None) -> nn.Module:
         if isinstance(module, MLA):
             parent = model.get_submodule(name.rsplit(".", 1)[0])
             mha = MHA(cfg, module.layer_id).to(device=module.wo.weight.device, dtype=module.wo.weight.dtype)
-            with torch.no_grad():
-                for pname, p in mha.named_parameters():
-                    if pname.endswith("norm.weight"):
-                        p.fill_(1.0)
-                    elif pname.endswith(".bias"):
-                        p.zero_()
-                    else:
-                        p.normal_(0.0, std)
+            init_parameters(mha, std)
             parent.attn = mha
     return model

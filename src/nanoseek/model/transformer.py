@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import MLA, LatentCacheLike
-from .layers import MLP, RMSNorm
+from .layers import MLP, RMSNorm, init_parameters
 from .moe import MoE
 from .rope import rope_cos_sin
 
@@ -69,14 +69,7 @@ class Transformer(nn.Module):
     def init_weights(self, std: float | None = None) -> None:
         """Normal(0, std) for every matrix (std = initializer_range; DeepSeek-V3 used 0.006), ones for norms,
         zeros for biases and the routing bias."""
-        std = self.config.initializer_range if std is None else std
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif name.endswith(".bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, std)
+        init_parameters(self, self.config.initializer_range if std is None else std)
         for name, b in self.named_buffers():
             if name.endswith("gate.bias"):
                 b.zero_()
