@@ -130,8 +130,10 @@ def _pad_groups(token: torch.Tensor, w_sorted: torch.Tensor, expert_sorted: torc
 
 
 def _grouped_swiglu(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offs: torch.Tensor,
-                    inter_dim: int, gmm=torch._grouped_mm) -> torch.Tensor:
-    """Each expert's SwiGLU on its rows of xs as two grouped GEMMs; offs: cumulative row counts (int32)."""
+                    inter_dim: int, gmm=None) -> torch.Tensor:
+    """Each expert's SwiGLU on its rows of xs as two grouped GEMMs; offs: cumulative row counts (int32).
+    gmm: torch._grouped_mm (default) or nanoseek::grouped_mm."""
+    gmm = gmm or torch._grouped_mm  # looked up here: torch builds without it must still import this module
     g, u = gmm(xs, w13.transpose(1, 2), offs=offs).split(inter_dim, dim=-1)
     return gmm(F.silu(g) * u, w2.transpose(1, 2), offs=offs)
 

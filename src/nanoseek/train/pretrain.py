@@ -36,7 +36,9 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         trainer = Trainer(cfg, data, env, log=log if env.is_main else (lambda s: None))
         if env.is_main:
             n = sum(p.numel() for p in trainer.model.parameters())
-            log(f"model {cfg.model}{' (dense baseline)' if cfg.dense else ''}{' (MHA baseline)' if cfg.attention == 'mha' else ''}: {n:,} parameters; "
+            baseline = "".join(f" ({name} baseline)" for name, on in (("dense", cfg.dense),
+                                                                       ("MHA", cfg.attention == "mha")) if on)
+            log(f"model {cfg.model}{baseline}: {n:,} parameters; "
                 f"data {data.info.get('data_dir')}: {data.info.get('train_tokens', 0):,} train tokens; "
                 f"{env.world_size} process(es) on {env.device}, global batch {trainer.global_batch} x {cfg.seq_len}")
         summary = trainer.fit()
