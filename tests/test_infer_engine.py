@@ -229,6 +229,26 @@ def test_bad_requests_raise_clear_errors(model):
     assert not llm.has_unfinished_requests()
 
 
+def test_a_request_with_bad_sampling_values_never_reaches_a_shared_step(model, prompts, expected):
+    """Issue 17 item 1: a value set after construction (top_k 2**63 once failed torch.tensor inside the batched step,
+    failing every request in it) is refused at admission; the requests in flight finish unharmed, and an extreme
+    but valid top_k samples (clamped to the vocabulary)."""
+    engine = LLM(model, max_model_len=64).engine
+    good = [engine.add_request(p, GREEDY) for p in prompts]
+    engine.step()
+    sp = SamplingParams(max_tokens=4, seed=1)
+    sp.top_k = 2**63
+    with pytest.raises(ValueError, match="SamplingParams.top_k"):
+        engine.add_request([3, 4, 5], sp)
+    huge = engine.add_request([3, 4, 5], SamplingParams(max_tokens=4, seed=1, top_k=2**31 - 1, ignore_eos=True))
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.outputs[0].token_ids
+    assert [list(done[r]) for r in good] == expected and len(done[huge]) == 4
+
+
 def test_n_samples_under_a_tiny_cache_and_early_stream_close(model, prompts, expected):
     bpt = LLM(model).engine.cache.bytes_per_token
     llm = LLM(model, cache_budget=64 * bpt, block_size=4, enable_prefix_caching=False)

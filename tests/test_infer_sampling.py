@@ -25,6 +25,14 @@ def test_validation_errors_name_the_field():
                       ({"presence_penalty": 3}, "presence_penalty"), ({"output_kind": "x"}, "output_kind")]:
         with pytest.raises(ValueError, match=f"SamplingParams.{field}"):
             SamplingParams(**kw)
+    # out of range for the int64 / float tensors of a batched step: refused at construction (issue 17 item 1)
+    for kw, field in [({"top_k": 2**63}, "top_k"), ({"max_tokens": 2**70}, "max_tokens"),
+                      ({"min_tokens": 2**40}, "min_tokens"), ({"stop_token_ids": [2**63]}, "stop_token_ids"),
+                      ({"seed": 2**64}, "seed"), ({"logprobs": 2**63}, "logprobs"), ({"n": True}, "n"),
+                      ({"max_thinking_tokens": 2**33}, "max_thinking_tokens"), ({"top_p": float("nan")}, "top_p"),
+                      ({"temperature": "1"}, "temperature"), ({"min_p": float("inf")}, "min_p")]:
+        with pytest.raises(ValueError, match=f"SamplingParams.{field}"):
+            SamplingParams(**kw)
     sp = SamplingParams(stop="###", top_k=-1)
     assert sp.stop_list == ["###"] and sp.top_k == 0 and sp.clone(seed=3).seed == 3
 

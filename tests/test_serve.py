@@ -269,6 +269,13 @@ def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client
         (json.dumps({**ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), 400, "tools", None),
         (json.dumps({**ok, "chat_template_kwargs": {"tokenize": True}}), 400, "chat_template_kwargs", None),
         (json.dumps({**ok, "stop": ["a"] * 17}), 400, "stop", None),
+        # every sampling value bounded: these once passed validation and failed the engine step for everyone
+        (json.dumps({**ok, "top_k": 2**63}), 400, "top_k", None),
+        (json.dumps({**ok, "max_tokens": 2**64}), 400, "max_tokens", None),
+        (json.dumps({**ok, "min_tokens": 2**63}), 400, "min_tokens", None),
+        (json.dumps({**ok, "max_thinking_tokens": 2**63}), 400, "max_thinking_tokens", None),
+        (json.dumps({**ok, "stop_token_ids": [2**63]}), 400, "stop_token_ids[0]", None),
+        (json.dumps({**ok, "stop_token_ids": [1] * 65}), 400, "stop_token_ids", None),
         (json.dumps({**ok, "messages": [{"role": "user", "content": "\ud800"}]}), 400, None, "invalid Unicode"),
         (json.dumps({**ok, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}),
          400, "messages[0].content[0].type", "only text"),

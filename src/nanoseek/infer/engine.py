@@ -187,6 +187,8 @@ class LLMEngine:
             raise ValueError(f"SamplingParams.n: {params.n} exceeds max_num_seqs={self.scheduler.max_num_seqs}")
         if params.logprobs is not None and params.logprobs > self.cfg.vocab_size:
             raise ValueError(f"SamplingParams.logprobs: {params.logprobs} exceeds the vocabulary")
+        params.validate()  # fields may have been changed after construction
+        self.sampler.admit(params, self.device)
         with self._lock:
             rid = request_id if request_id is not None else str(next(self._ids))
             if rid in self.requests or any(r.request_id == rid for r in self._inbox):

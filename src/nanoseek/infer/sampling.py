@@ -21,6 +21,11 @@ import torch
 
 OutputKind = Literal["cumulative", "delta", "final_only"]
 _EPS = 1e-10
+# The largest value of an integer count (top_k, max_tokens, min_tokens, logprobs, max_thinking_tokens): every
+# count becomes an int64 tensor or a Python range in a batched step, so an unbounded one could fail that step for
+# every request in it. Counts above the vocabulary or the context mean "no limit" and are clamped where used.
+MAX_COUNT = 2**31 - 1
+MAX_TOKEN_ID = 2**31 - 1
 
 
 @dataclass
@@ -59,40 +64,47 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
+        """Every field checked for type and bounds, so that no value can fail a batched step later (where the
+        failure would hit every request sharing the batch, not only this one)."""
         def bad(name: str, msg: str) -> ValueError:
             return ValueError(f"SamplingParams.{name}: {msg} (got {getattr(self, name)!r})")
 
-        if not isinstance(self.n, int) or self.n < 1:
-            raise bad("n", "must be an integer >= 1")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
-                or self.temperature < 0:
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: object) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def count(name: str, low: int, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and optional:
+                return
+            if not is_int(v) or not low <= v <= MAX_COUNT:
+                raise bad(name, f"must be an integer in [{low}, {MAX_COUNT}]" + (" or None" if optional else ""))
+
+        count("n", 1)
+        if not is_num(self.temperature) or self.temperature < 0:
             raise bad("temperature", "must be a finite number >= 0 (0 means greedy)")
-        if not 0 < self.top_p <= 1:
+        if not is_num(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "must lie in (0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad("top_k", "must be an integer >= 0 (0 or -1 disables it)")
-        if not 0 <= self.min_p <= 1:
+        count("top_k", 0)  # 0 or -1 disables it; values above the vocabulary keep every token
+        if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "must lie in [0, 1]")
         for name in ("presence_penalty", "frequency_penalty"):
-            if not -2 <= getattr(self, name) <= 2:
+            if not is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
                 raise bad(name, "must lie in [-2, 2]")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
-            raise bad("max_tokens", "must be an integer >= 1 or None")
-        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
-            raise bad("min_tokens", "must be an integer >= 0")
+        count("max_tokens", 1, optional=True)
+        count("min_tokens", 0)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise bad("min_tokens", f"must not exceed max_tokens={self.max_tokens}")
         if any(not isinstance(s, str) or not s for s in self.stop_list):
             raise bad("stop", "must be a non-empty string or a list of non-empty strings")
-        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
-            raise bad("stop_token_ids", "must be a list of non-negative token ids")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise bad("seed", "must be an integer or None")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
-            raise bad("logprobs", "must be an integer >= 0 or None")
-        if self.max_thinking_tokens is not None and (not isinstance(self.max_thinking_tokens, int)
-                                                     or self.max_thinking_tokens < 0):
-            raise bad("max_thinking_tokens", "must be an integer >= 0 or None")
+        if any(not is_int(t) or not 0 <= t <= MAX_TOKEN_ID for t in self.stop_token_ids):
+            raise bad("stop_token_ids", f"must be a list of token ids in [0, {MAX_TOKEN_ID}]")
+        if self.seed is not None and (not is_int(self.seed) or not -2**63 <= self.seed < 2**63):
+            raise bad("seed", "must be an integer that fits in 64 bits, or None")
+        count("logprobs", 0, optional=True)
+        count("max_thinking_tokens", 0, optional=True)
         if self.output_kind not in ("cumulative", "delta", "final_only"):
             raise bad("output_kind", "must be 'cumulative', 'delta' or 'final_only'")
 
@@ -198,12 +210,25 @@ class Sampler:
             x[:, self.vocab_limit:] = float("-inf")
         return x
 
+    @staticmethod
+    def row_tensors(params: list[SamplingParams], device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(temperature, top_k, top_p, min_p) per row, as the batched kernels take them."""
+        return (torch.tensor([float(p.temperature) for p in params], device=device),
+                torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
+                torch.tensor([float(p.top_p) for p in params], device=device),
+                torch.tensor([float(p.min_p) for p in params], device=device))
+
+    def admit(self, params: SamplingParams, device: torch.device) -> None:
+        """Build this request's rows of the batched tensors alone, at admission: a value the batched step could not
+        take fails here, in the caller's thread, instead of failing a step shared with other requests."""
+        try:
+            self.row_tensors([params], device)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+            raise ValueError(f"SamplingParams: cannot be used for sampling ({e})") from None
+
     def filter(self, x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        dev = x.device
-        return filtered_logprobs(
-            x, torch.tensor([p.temperature for p in params], device=dev),
-            torch.tensor([p.top_k for p in params], device=dev), torch.tensor([p.top_p for p in params], device=dev),
-            torch.tensor([p.min_p for p in params], device=dev))
+        return filtered_logprobs(x, *self.row_tensors(params, x.device))
 
     def sample(self, x: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
                ) -> tuple[list[int], torch.Tensor | None]:

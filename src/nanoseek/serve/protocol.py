@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..infer.sampling import MAX_COUNT, MAX_TOKEN_ID
 
 # ---------------------------------------------------------------------------------------------------- errors
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -92,6 +94,7 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------- requests
 MAX_STOP = 16
 MAX_STOP_CHARS = 256
+MAX_STOP_IDS = 64
 
 
 def check_text(obj: Any, where: str = "request") -> None:
@@ -137,14 +140,14 @@ class _Sampling(_Strict):
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=MAX_COUNT)
     min_p: float | None = Field(None, ge=0, le=1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    max_tokens: int | None = Field(None, ge=1)
-    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
+    min_tokens: int | None = Field(None, ge=0, le=MAX_COUNT)
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]] | None = Field(None, max_length=MAX_STOP_IDS)
     n: int = Field(1, ge=1, le=128)
     seed: int | None = None
     stream: bool = False
@@ -152,7 +155,7 @@ class _Sampling(_Strict):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    max_thinking_tokens: int | None = Field(None, ge=0)
+    max_thinking_tokens: int | None = Field(None, ge=0, le=MAX_COUNT)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
@@ -189,7 +192,7 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
@@ -251,7 +254,7 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)  # the legacy endpoint's default
+    max_tokens: int | None = Field(16, ge=1, le=MAX_COUNT)  # the legacy endpoint's default
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
