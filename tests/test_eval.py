@@ -69,6 +69,29 @@ def test_pass_at_k_equals_brute_force_over_subsets():
                 assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-12)
 
 
+def test_confidence_intervals_of_known_binomial_cases():
+    from nanoseek.evaluate.metrics import accuracy_ci95, mean_interval, wilson_interval
+    # Wilson (1927) / Newcombe (1998) table values: 81 of 263 -> (0.2553, 0.3662); 0 of 10 -> (0, 0.2775)
+    lo, hi = wilson_interval(81, 263)
+    assert (lo, hi) == (pytest.approx(0.2553, abs=1e-4), pytest.approx(0.3662, abs=1e-4))
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    assert wilson_interval(10, 10) == (pytest.approx(0.7225, abs=1e-4), 1.0)
+    # coverage: for p = 0.7 and n = 500 the interval holds the true p in about 95% of draws
+    rng = random.Random(0)
+    hits = sum(lo <= 0.7 <= hi for lo, hi in (wilson_interval(sum(rng.random() < 0.7 for _ in range(500)), 500)
+                                              for _ in range(400)))
+    assert 0.92 <= hits / 400 <= 0.98
+    # 500 problems at 0.75: half-width about 0.038 (why the demo evaluates hundreds of problems, not 50)
+    lo, hi = accuracy_ci95([(1, 1)] * 375 + [(1, 0)] * 125)
+    assert hi - lo == pytest.approx(2 * 1.96 * math.sqrt(0.75 * 0.25 / 500), abs=2e-3)
+    # several samples per problem: the normal interval of the per-problem fractions
+    assert accuracy_ci95([(4, 1), (4, 3)]) == mean_interval([0.25, 0.75])
+    half = 1.96 * math.sqrt(0.125) / math.sqrt(2)  # sample sd sqrt(0.125), n = 2
+    assert mean_interval([0.25, 0.75]) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
 # ------------------------------------------------------------------------------------------------ answers
 def test_answer_extraction_on_messy_outputs():
     m = AnswerMatcher()
@@ -109,6 +132,7 @@ def test_accuracy_pass_at_k_and_majority_vote_on_scripted_samples():
     assert res["examples"] == 4 and res["samples_per_example"] == 4 and res["unscorable"] == 0
     assert res["accuracy"] == pytest.approx((0 + 0.25 + 0.5 + 1) / 4)
     assert res["pass@1"] == pytest.approx(res["accuracy"])
+    assert res["ci95"][0] < res["accuracy"] < res["ci95"][1] and "by_level" not in res
     assert res["pass@2"] == pytest.approx((0 + pass_at_k(4, 1, 2) + pass_at_k(4, 2, 2) + 1) / 4)
     assert res["pass@4"] == pytest.approx(3 / 4)
     assert res["maj@4"] == pytest.approx(2 / 4)

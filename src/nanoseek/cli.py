@@ -123,11 +123,18 @@ def _demo(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke run)")
     p.add_argument("--skip", default="", help=f"comma-separated stages to leave out: {','.join(STAGES)}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--eval-limit", type=int, default=50, help="test problems per evaluation")
+    p.add_argument("--eval-limit", type=int, default=500, help="distinct held-out problems per evaluation")
+    p.add_argument("--seed", type=int, default=0, help="seeds every stage (the held-out problems stay the same)")
+    p.add_argument("--with", dest="include", default="",
+                   help="comma-separated optional stages to run: distill (the GRPO model's traces into a fresh "
+                        "student, compared with SFT at the same budget)")
 
     def run(a: argparse.Namespace) -> int:
         from .demo import run as demo_run
-        demo_run(a.out, a.preset, a.scale, tuple(s for s in a.skip.split(",") if s), a.threads, a.eval_limit)
+        if a.eval_limit < 1:
+            raise ValueError(f"demo: --eval-limit must be >= 1 (got {a.eval_limit})")
+        demo_run(a.out, a.preset, a.scale, tuple(s for s in a.skip.split(",") if s), a.threads, a.eval_limit,
+                 a.seed, tuple(s for s in a.include.split(",") if s))
         return 0
     return run
 

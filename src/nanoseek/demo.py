@@ -16,9 +16,49 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-STAGES = ("pretrain", "sft", "grpo", "eval", "report")
+STAGES = ("pretrain", "sft", "grpo", "distill", "eval", "report")
+OPTIONAL = ("distill",)  # run only when asked for (`--with distill`): it doubles the SFT time
 # One- to three-digit addition and subtraction: what a ~1M-parameter model learns in minutes on a CPU.
 TASK, LEVELS = "arithmetic", [1, 2, 3]
+# GRPO: 32 informative groups of 8 per step (DAPO dynamic sampling refills groups whose rewards are all equal),
+# levels drawn at the policy's frontier (curriculum), token-level loss, no KL; measured in docs/reasoning.md
+# SFT on worked solutions (the cold start): 600 steps of 32 x 128 tokens over 4,000 problems
+SFT: dict[str, Any] = dict(max_steps=600, seq_len=128, batch_size=32, lr=2e-3, task_examples=4000)
+DISTILL_PROMPTS = 2000  # teacher prompts (2 samples each at temperature 0.6; verified-correct ones kept)
+GRPO: dict[str, Any] = dict(max_steps=120, num_prompts=32, num_generations=8, lr=1e-4, warmup_steps=5,
+                            dynamic_sampling=True, curriculum=True)
+MAX_TOKENS = 96  # completion budget of rollouts and evaluations (the longest worked solution is ~60 tokens)
+
+
+def grpo_gain(results: dict[str, Any]) -> float | None:
+    """GRPO's greedy accuracy minus SFT's, on the same held-out problems."""
+    try:
+        return round(results["grpo"]["accuracy"]["accuracy"] - results["sft"]["accuracy"]["accuracy"], 4)
+    except (KeyError, TypeError):
+        return None
+
+
+def _append_recipe(report_md: Path, results: dict[str, Any], root: Path) -> None:
+    """The recipe's own section of the report: accuracy after each stage with its interval, and the final model's
+    inference-time compute (table and chart)."""
+    lines = ["", "## The recipe: held-out accuracy after each stage", "",
+             f"Greedy accuracy on the same distinct held-out {TASK} problems (levels {LEVELS}), with the 95% "
+             "Wilson interval.", "", "| stage | accuracy | 95% CI | problems |", "|---|---|---|---|"]
+    for name in ("pretrain", "sft", "grpo", "distill"):
+        acc = results.get(name, {}).get("accuracy")
+        if isinstance(acc, dict) and "accuracy" in acc:
+            ci = acc.get("ci95") or ["-", "-"]
+            lines.append(f"| {name} | {acc['accuracy']:.3f} | {ci[0]}-{ci[1]} | {acc['examples']} |")
+    ic = results.get("eval", {}).get("inference_compute")
+    if ic:
+        from .evaluate import scaling
+        chart = root / "eval" / "inference_compute.png"
+        if chart.exists():
+            shutil.copyfile(chart, report_md.parent / chart.name)
+        lines += ["", "## Inference-time compute of the final model", "", scaling.markdown(ic),
+                  f"![inference-time compute]({chart.name})", ""]
+    from .data.prepare import atomic_write
+    atomic_write(report_md, (report_md.read_text(encoding="utf-8") + "\n".join(lines) + "\n").encode("utf-8"))
 
 
 def _steps(n: int, scale: float) -> int:
@@ -36,33 +76,49 @@ def _mark_done(stage_dir: Path, summary: dict[str, Any]) -> None:
     os.replace(tmp, stage_dir / "DONE.json")
 
 
+def _fmt_acc(acc: dict[str, Any]) -> str:
+    """`0.628 [0.585, 0.669] on 500 problems` (accuracy, its 95% confidence interval, the number of problems)."""
+    ci = acc.get("ci95")
+    return f"{acc['accuracy']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + \
+        f" on {acc['examples']} problems"
+
+
 def _evaluate(model_dir: Path, limit: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Greedy accuracy on `limit` distinct held-out problems: the one evaluation every stage (and GRPO's own
+    progress evaluation) uses, on the same problems."""
     from .evaluate.runner import evaluate
-    res = evaluate(str(model_dir), [TASK], limit=limit, levels=LEVELS, max_tokens=96)
+    res = evaluate(str(model_dir), [TASK], limit=limit, levels=LEVELS, max_tokens=MAX_TOKENS)
     acc = res["results"][TASK]
-    log(f"  {TASK} (levels {LEVELS}, {limit} test problems, greedy): accuracy {acc.get('accuracy', acc)}")
+    log(f"  {TASK} (levels {LEVELS}, greedy): accuracy {_fmt_acc(acc)}")
     return acc
 
 
 def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: tuple[str, ...] = (),
-        threads: int | None = None, eval_limit: int = 50, log: Callable[[str], None] = print) -> dict[str, Any]:
-    unknown = set(skip) - set(STAGES)
+        threads: int | None = None, eval_limit: int = 500, seed: int = 0, include: tuple[str, ...] = (),
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole recipe into `out`. `seed` seeds every stage (pretraining's data order and initialisation, SFT,
+    GRPO's prompts and samples); the held-out problems are the same for every seed. `include` adds optional
+    stages (distill)."""
+    unknown = (set(skip) | set(include)) - set(STAGES)
     if unknown:
         raise ValueError(f"demo: unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGES)}")
+    skip = tuple(skip) + tuple(s for s in OPTIONAL if s not in include and s not in skip)
     if scale <= 0:
         raise ValueError(f"demo: --scale must be positive (got {scale})")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     common = ["--threads", str(threads)] if threads else []
+    common += ["--seed", str(seed)]
     results: dict[str, Any] = {}
     latest: Path | None = None  # the newest trained model directory
     t0 = time.time()
 
-    def stage(name: str, fn: Callable[[Path], dict[str, Any]]) -> None:
+    def stage(name: str, fn: Callable[[Path], dict[str, Any]], final: bool = True) -> None:
+        """Run (or reuse) one stage; `final`: its model becomes the recipe's newest model."""
         nonlocal latest
         d = root / name
         if name in skip:
-            log(f"[{name}] skipped (--skip)")
+            log(f"[{name}] skipped" + (" (optional: --with distill runs it)" if name in OPTIONAL else " (--skip)"))
             return
         found = _done(d)
         if found is not None:
@@ -73,7 +129,7 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
             d.mkdir(parents=True, exist_ok=True)
             results[name] = fn(d)
             _mark_done(d, results[name])
-        if (d / "model" / "config.json").exists():
+        if final and (d / "model" / "config.json").exists():
             latest = d / "model"
 
     def pretrain(d: Path) -> dict[str, Any]:
@@ -85,49 +141,85 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         return {"val_loss": s["val_loss"], "unigram_entropy": s["unigram_entropy"], "steps": s["step"],
                 "accuracy": _evaluate(d / "model", eval_limit, log)}
 
+    def sft_values(d: Path, model: Path) -> dict[str, Any]:
+        from .train import sft as sft_mod
+        return {**sft_mod.SFT_DEFAULTS, **{k: v for k, v in SFT.items() if k != "task_examples"},
+                "model": str(model), "run_dir": str(d), "resume": True, "max_steps": _steps(SFT["max_steps"], scale)}
+
     def sft(d: Path) -> dict[str, Any]:
         from .train import sft as sft_mod
         from .train.config import build
         if latest is None:
             raise ValueError("demo: SFT needs a pretrained model (do not skip pretrain on a fresh --out)")
-        # 600 steps of 32 x 128 tokens: levels 1-3 go from ~0.02 to ~0.7-0.8 greedy (150 steps of 16 x 256: ~0.03)
-        values = {**sft_mod.SFT_DEFAULTS, "model": str(latest), "run_dir": str(d), "resume": True,
-                  "max_steps": _steps(600, scale), "seq_len": 128, "batch_size": 32, "lr": 2e-3}
-        s = sft_mod.run(build(values, common), task=TASK, task_examples=4000, task_levels=LEVELS, log=log)
+        s = sft_mod.run(build(sft_values(d, latest), common), task=TASK, task_examples=SFT["task_examples"],
+                        task_levels=LEVELS, log=log)
         return {"val_loss": s["val_loss"], "steps": s["step"], "accuracy": _evaluate(d / "model", eval_limit, log)}
+
+    def distill(d: Path) -> dict[str, Any]:
+        """DeepSeek-R1's distillation: the GRPO model's verified traces fine-tune a fresh student from the same
+        pretrained base, with the SFT stage's settings and steps (so the student compares with SFT at the same
+        budget: teacher traces against the task's worked solutions)."""
+        from .train import distill as distill_mod
+        base, teacher = root / "pretrain" / "model", root / "grpo" / "model"
+        if not (base / "config.json").exists() or not (teacher / "config.json").exists():
+            raise ValueError("demo: distill needs the pretrain and grpo stages' models")
+        v = sft_values(d, base)
+        overrides = [f"--{k}={v[k]}" for k in ("run_dir", "max_steps", "seq_len", "batch_size", "lr", "resume")]
+        s = distill_mod.run(str(teacher), str(d / "traces.jsonl"), task=TASK, levels=LEVELS, seed=seed,
+                            num_prompts=DISTILL_PROMPTS, k=2, max_tokens=MAX_TOKENS, student=str(base),
+                            sft_overrides=[*overrides, *common], log=log)
+        st = s["stats"]
+        return {"traces": st.kept, "prompts": st.prompts, "teacher_sample_accuracy": st.correct / max(st.samples, 1),
+                "steps": s["sft"]["step"], "accuracy": _evaluate(d / "model", eval_limit, log)}
 
     def grpo(d: Path) -> dict[str, Any]:
         from .train import grpo as grpo_mod
         from .train.grpo_config import build
         if latest is None:
             raise ValueError("demo: GRPO needs a trained model (do not skip pretrain and sft on a fresh --out)")
-        # lr 3e-5: at 2e-4 the SFT model's greedy accuracy fell from 0.72 to 0.24 in these 30 steps
         cfg = build(None, common, model=str(latest), task=TASK, levels=",".join(map(str, LEVELS)),
-                    run_dir=str(d), resume=True, max_steps=_steps(30, scale), num_prompts=8, num_generations=8,
-                    max_completion_length=96, lr=3e-5, eval_prompts=eval_limit)
+                    run_dir=str(d), resume=True, max_steps=_steps(GRPO["max_steps"], scale),
+                    max_completion_length=MAX_TOKENS, eval_prompts=eval_limit,
+                    **{k: v for k, v in GRPO.items() if k != "max_steps"})
+        if scale < 1:  # a smoke run: fewer prompts per step too
+            cfg.num_prompts = max(2, round(cfg.num_prompts * scale))
         s = grpo_mod.run(cfg, log=log)
         return {k: v for k, v in s.items() if isinstance(v, (int, float, str))} | {
             "accuracy": _evaluate(d / "model", eval_limit, log)}
 
     def evaluate_final(d: Path) -> dict[str, Any]:
+        """The final model with more inference-time compute: samples per problem (pass@k, maj@k for k up to 16)
+        and thinking budgets, on the same held-out problems."""
         if latest is None:
             raise ValueError("demo: nothing to evaluate")
-        from .evaluate.runner import evaluate, write_json
-        res = evaluate(str(latest), [TASK], limit=eval_limit, levels=LEVELS, n=4, k=[1, 4], max_tokens=96)
-        write_json(d / "eval.json", res)
-        log(f"  final model {latest}: {json.dumps(res['results'][TASK])}")
-        return res["results"]
+        from .evaluate import scaling
+        from .data.prepare import atomic_write
+        from .evaluate.runner import write_json
+        from .report.charts import inference_compute_chart
+        res = scaling.run(str(latest), TASK, levels=LEVELS, limit=eval_limit, max_tokens=MAX_TOKENS, seed=seed)
+        write_json(d / "inference_compute.json", res)
+        atomic_write(d / "inference_compute.md", scaling.markdown(res).encode("utf-8"))
+        inference_compute_chart(res, d / "inference_compute.png")
+        sm = res["samples"]
+        log("  final model, more samples per problem (temperature 0.6): " +
+            ", ".join(f"k={k}: pass {p:.3f} maj {m:.3f}" for k, p, m in zip(sm["k"], sm["pass@k"], sm["maj@k"])))
+        log("  final model, thinking budget (greedy): " + ", ".join(
+            f"{'none' if t is None else t}: {a:.3f}" for t, a in zip(res["budget"]["max_thinking_tokens"],
+                                                                     res["budget"]["accuracy"])))
+        return {"inference_compute": res, "chart": str(d / "inference_compute.png")}
 
     def report(d: Path) -> dict[str, Any]:
         from . import report as report_mod
         target = str(root / "pretrain") if (root / "pretrain" / "metrics.jsonl").exists() else str(latest or preset)
         path = report_mod.run(target, out=str(d))
+        _append_recipe(path, results, root)
         log(f"  report: {path}")
         return {"report": str(path)}
 
     stage("pretrain", pretrain)
     stage("sft", sft)
     stage("grpo", grpo)
+    stage("distill", distill, final=False)
     stage("eval", evaluate_final)
     stage("report", report)
 
@@ -141,10 +233,16 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
     summary_path = root / "summary.json"
     summary_path.write_text(json.dumps(results, indent=2, default=str))
     log(f"\ndemo finished in {time.time() - t0:.0f}s; results in {summary_path}")
-    for name in ("pretrain", "sft", "grpo"):
+    for name in ("pretrain", "sft", "grpo", "distill"):
         acc = results.get(name, {}).get("accuracy")
-        if isinstance(acc, dict):
-            log(f"  after {name:8s}: {TASK} accuracy {acc.get('accuracy')}")
+        if isinstance(acc, dict) and "accuracy" in acc:
+            what = "student distilled from the GRPO model" if name == "distill" else f"after {name}"
+            log(f"  {what:10s}: {TASK} greedy accuracy {_fmt_acc(acc)}")
+    gain = grpo_gain(results)
+    if gain is not None:
+        results["grpo_gain"] = gain
+        log(f"  GRPO gain over SFT: {gain:+.3f} (the same {results['grpo']['accuracy']['examples']} problems)")
+    summary_path.write_text(json.dumps(results, indent=2, default=str))
     if latest is not None:
         log(f"\nchat with it:   nanoseek chat {final}\nserve it:       nanoseek serve {final} --port 8000\n"
             f"generate:       nanoseek generate {final} --prompt \"What is 3+4?\"")

@@ -210,6 +210,7 @@ def score_problems(problems: Sequence[Problem], prompts: Sequence[dict[str, Any]
     """accuracy (the mean fraction of correct samples: pass@1), pass@k and maj@k for each k; problems whose gold
     cannot be scored (a verifier returned None) are counted in `unscorable` and left out."""
     counts: list[tuple[int, int]] = []
+    levels: list[Any] = []  # a built-in task's difficulty level of each scored problem
     maj: dict[int, list[float]] = {k: [] for k in ks}
     records, unscorable = [], 0
     for prob, prompt, comps in zip(problems, prompts, completions):
@@ -224,6 +225,7 @@ def score_problems(problems: Sequence[Problem], prompts: Sequence[dict[str, Any]
             unscorable += 1
             continue
         counts.append((len(scores), sum(1 for s in scores if s > 0.5)))
+        levels.append(prob.example.get("level") if prob.example.get("task") else None)
         for k in ks:
             best, votes = majority_vote([key or "" for key in keys[:k]], extract=lambda s: s or None)
             maj[k].append(scores[keys.index(best)] if votes else 0.0)
@@ -231,6 +233,14 @@ def score_problems(problems: Sequence[Problem], prompts: Sequence[dict[str, Any]
                            "samples_per_example": len(completions[0]) if completions else 0}
     if counts:
         out["accuracy"] = sum(c / n for n, c in counts) / len(counts)
+        if len(counts) > 1:
+            out["ci95"] = [round(x, 4) for x in metrics.accuracy_ci95(counts)]
+        if any(lv is not None for lv in levels):  # accuracy per difficulty level of a built-in task
+            by: dict[Any, list[tuple[int, int]]] = {}
+            for lv, nc in zip(levels, counts):
+                by.setdefault(lv, []).append(nc)
+            out["by_level"] = {str(lv): {"accuracy": sum(c / n for n, c in v) / len(v), "examples": len(v)}
+                               for lv, v in sorted(by.items(), key=lambda kv: str(kv[0]))}
         for k in ks:
             out[f"pass@{k}"] = metrics.mean_pass_at_k(counts, k)
         for k in ks:

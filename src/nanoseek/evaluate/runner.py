@@ -99,7 +99,7 @@ def evaluate(model: str | os.PathLike | nn.Module, tasks: list[str], *, tokenize
              chat: str | bool = "auto", answer_pattern: str | None = None, instruction: bool = False,
              max_length: int | None = None, stride: int | None = None, batch_size: int = 8,
              dtype: Any = None, device: Any = None, max_num_seqs: int = 64, progress: bool = False,
-             log_samples: bool = False, llm: Any = None) -> dict[str, Any]:
+             log_samples: bool = False, llm: Any = None, max_thinking_tokens: int | None = None) -> dict[str, Any]:
     """Evaluate `model` (a model directory, or a Transformer with `tokenizer`) on `tasks`; returns
     {"model", "date", "settings", "results": {task: metrics}}. See the module docstring for task names.
 
@@ -108,6 +108,7 @@ def evaluate(model: str | os.PathLike | nn.Module, tasks: list[str], *, tokenize
     n = 1, else 0.6 (DeepSeek-R1's recommended sampling temperature). chat: "auto" uses the chat template when the
     tokenizer has one. max_length/stride: perplexity windows (default: min(model context, 2048), stride = max_length).
     llm: an existing nanoseek.LLM over `model` to generate with (default: one is built when a task needs it).
+    max_thinking_tokens: a reasoning budget (the engine closes the think block after that many tokens).
     """
     specs = [parse_task(t) for t in tasks]
     if not specs:
@@ -127,7 +128,8 @@ def evaluate(model: str | os.PathLike | nn.Module, tasks: list[str], *, tokenize
     max_length = max_length or _default_max_length(model, tokenizer)
     settings = {"n": n, "k": ks, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                 "seed": seed, "chat": use_chat, "answer_pattern": answer_pattern, "limit": limit,
-                "levels": levels, "max_length": max_length, "stride": stride or max_length,
+                "levels": levels, "max_thinking_tokens": max_thinking_tokens, "max_length": max_length,
+                "stride": stride or max_length,
                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     results: dict[str, Any] = {}
     for spec in specs:
@@ -141,7 +143,8 @@ def evaluate(model: str | os.PathLike | nn.Module, tasks: list[str], *, tokenize
             from ..infer import LLM
             llm = LLM(model, tokenizer, max_num_seqs=max(max_num_seqs, n), seed=seed)
         from ..infer import SamplingParams
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                max_thinking_tokens=max_thinking_tokens)
         if spec.kind == "task":
             task, problems = accuracy.builtin_problems(spec.target, limit or 100, levels, seed, instruction)
             from .. import rewards

@@ -92,3 +92,42 @@ def load_chart(load: dict[str, float], out: Path, name: str = "expert_load_measu
     path = bars(out / name, title, labels, values, [f"{v:.2f}" for v in values], "max / mean tokens per expert "
                 "(1.0 = balanced)", colors=["C0"] * len(labels))
     return path
+
+
+def inference_compute_chart(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """nanoseek.evaluate.scaling's result. Left: pass@k and maj@k against k (log scale). Right: greedy accuracy
+    against the thinking budget, with its 95% interval."""
+    from matplotlib.figure import Figure
+    s, b = result["samples"], result["budget"]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(s["k"], s["pass@k"], "o-", label="pass@k (any of k right)")
+    ax1.plot(s["k"], s["maj@k"], "s-", label="maj@k (majority vote)")
+    if s.get("greedy") is not None:
+        ax1.axhline(s["greedy"], color="gray", ls="--", label="greedy")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xticks(s["k"], [str(k) for k in s["k"]])
+    ax1.set_xlabel(f"samples per problem (temperature {s['temperature']})")
+    ax1.set_ylabel("accuracy")
+    ax1.set_ylim(0, 1)
+    ax1.grid(True, alpha=0.3)
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.set_title("more samples")
+    budgets = b["max_thinking_tokens"]
+    finite = [t for t in budgets if t is not None]
+    top = (max(finite) * 2 if finite else 1) or 1
+    xs = [top if t is None else t for t in budgets]
+    ax2.plot(xs, b["accuracy"], "o-", color="C2")
+    lo = [ci[0] if ci else a for ci, a in zip(b["ci95"], b["accuracy"])]
+    hi = [ci[1] if ci else a for ci, a in zip(b["ci95"], b["accuracy"])]
+    ax2.fill_between(xs, lo, hi, color="C2", alpha=0.2, label="95% CI")
+    ax2.set_xticks(xs, ["none" if t is None else str(t) for t in budgets])
+    ax2.set_xlabel("max_thinking_tokens (greedy)")
+    ax2.set_ylim(0, 1)
+    ax2.grid(True, alpha=0.3)
+    ax2.legend(loc="lower right", fontsize=8)
+    ax2.set_title("longer thinking")
+    fig.suptitle(f"inference-time compute: {result['task']}, {s['examples']} held-out problems")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, out)

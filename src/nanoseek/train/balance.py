@@ -25,15 +25,30 @@ class LoadBalancer:
         self.moes: dict[str, MoE] = {n: m for n, m in model.named_modules() if isinstance(m, MoE)}
         self.load = {n: torch.zeros(m.n_experts, dtype=torch.float64) for n, m in self.moes.items()}
         self.batch_size = 1
+        self.token_mask: torch.Tensor | None = None  # (batch, seq) True for the tokens whose routing counts
         self._aux: list[torch.Tensor] = []
         self._hooks = [m.register_forward_hook(self._count_hook(n)) for n, m in self.moes.items()]
+        self._hooks += [m.gate.register_forward_hook(self._masked_count_hook(n)) for n, m in self.moes.items()]
         if seq_aux_alpha > 0:
             self._hooks += [m.gate.register_forward_hook(self._aux_hook) for m in self.moes.values()]
 
     def _count_hook(self, name: str):
         def hook(module: MoE, inputs, output) -> None:
-            if module.training:
+            if module.training and self.token_mask is None:
                 self.load[name] += module.tokens_per_expert.detach().to("cpu", torch.float64)
+        return hook
+
+    def _masked_count_hook(self, name: str):
+        """With a token mask (e.g. right-padding of packed RL batches), only the real tokens' choices count."""
+        def hook(gate: Gate, inputs, output) -> None:
+            if not gate.training or self.token_mask is None:
+                return
+            indices = output[1]  # (tokens, k)
+            keep = self.token_mask.reshape(-1).to(indices.device)
+            chosen = indices[keep].flatten()
+            counts = torch.zeros(self.load[name].shape[0], dtype=torch.float64, device=indices.device)
+            counts.index_add_(0, chosen, torch.ones_like(chosen, dtype=torch.float64))
+            self.load[name] += counts.cpu()
         return hook
 
     def _aux_hook(self, gate: Gate, inputs, output) -> None:
@@ -50,9 +65,11 @@ class LoadBalancer:
         p = (scores / scores.sum(-1, keepdim=True)).mean(1)
         self._aux.append(self.alpha * (f * p).sum(-1).mean())
 
-    def begin_forward(self, batch_size: int) -> None:
-        """Call before each training forward: the sequence-wise loss needs the batch dimension."""
+    def begin_forward(self, batch_size: int, token_mask: torch.Tensor | None = None) -> None:
+        """Call before each training forward: the sequence-wise loss needs the batch dimension; `token_mask`
+        (batch, seq), when given, restricts the load statistics to the tokens it marks True."""
         self.batch_size = batch_size
+        self.token_mask = None if token_mask is None else token_mask.bool()
         self._aux.clear()
 
     def aux_loss(self) -> torch.Tensor | None:

@@ -58,20 +58,59 @@ def load_rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+class LevelCurriculum:
+    """A prompt curriculum at the model's frontier over a task's difficulty levels.
+
+    Each level keeps a running estimate p_l of the policy's accuracy on it (an exponential moving average, over
+    steps, of the mean accuracy of the level's groups in the step's rollouts; 0.5 before any). A prompt's level is drawn with weight
+        w_l = max(1 − p_l^G − (1 − p_l)^G, floor),
+    the probability that a group of G samples at accuracy p_l holds both a right and a wrong answer (an informative
+    group: GRPO learns nothing from a group whose rewards are all equal). Levels the model always or never solves
+    keep the floor weight, so they are revisited and their estimate can move."""
+
+    def __init__(self, levels: Sequence[int], group_size: int, momentum: float = 0.8, floor: float = 0.05):
+        self.levels, self.G, self.momentum, self.floor = list(levels), group_size, momentum, floor
+        self.acc: dict[int, float | None] = {lv: None for lv in self.levels}
+
+    def weights(self) -> list[float]:
+        out = []
+        for lv in self.levels:
+            p = 0.5 if self.acc[lv] is None else self.acc[lv]
+            out.append(max(1.0 - p ** self.G - (1.0 - p) ** self.G, self.floor))
+        return out
+
+    def update(self, level: int, group_accuracy: float) -> None:
+        old = self.acc.get(level)
+        self.acc[level] = group_accuracy if old is None else self.momentum * old + (1 - self.momentum) * group_accuracy
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(k): v for k, v in self.acc.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.acc.update({int(k): v for k, v in state.items()})
+
+
 class Prompts:
-    """The prompts of step s, a function of (seed, s) only: a task's train stream, or a file's rows reshuffled each
-    epoch."""
+    """The RL prompts, drawn in order: a built-in task's train split (its own stream, not SFT's: the RL prompts are
+    not the SFT problems replayed), one level at a time by the curriculum's weights or uniformly; or a file's rows
+    reshuffled each epoch. Which prompts come next is a function of the seed, the number drawn so far (`cursor`)
+    and the curriculum's state, all kept in checkpoints, so a resumed run draws the same prompts."""
 
     def __init__(self, cfg: GRPOConfig):
-        self.n, self.seed = cfg.num_prompts, cfg.seed
+        self.seed = cfg.seed
         self.task = None
         self.rows: list[dict[str, Any]] = []
+        self.cursor = 0  # prompts drawn so far
+        self.curriculum: LevelCurriculum | None = None
         if cfg.task:
             from .. import tasks
             self.task = tasks.get(cfg.task)
             self.levels = cfg.level_list() or list(range(1, self.task.num_levels + 1))
-            self._stream = self.task.iter_examples(split="train", level=self.levels, seed=cfg.seed)
-            self._seen: list[dict[str, Any]] = []
+            self._streams = {lv: self.task.iter_examples(split="train", level=lv, seed=f"grpo-{cfg.seed}")
+                             for lv in self.levels}
+            self._drawn = {lv: 0 for lv in self.levels}  # examples taken from each level's stream
+            if cfg.curriculum:
+                self.curriculum = LevelCurriculum(self.levels, cfg.num_generations)
         else:
             self.rows = load_rows(cfg.data)
 
@@ -80,24 +119,43 @@ class Prompts:
             return row["messages"]
         return [{"role": "user", "content": row["prompt"]}]
 
-    def batch(self, step: int) -> list[dict[str, Any]]:
-        if self.task is not None:
-            while len(self._seen) < (step + 1) * self.n:
-                self._seen.append(next(self._stream))
-            return self._seen[step * self.n:(step + 1) * self.n]
+    def draw(self, n: int) -> list[dict[str, Any]]:
+        """The next n prompts."""
         out = []
-        for k in range(step * self.n, (step + 1) * self.n):
-            epoch, i = divmod(k, len(self.rows))
-            order = list(range(len(self.rows)))
-            random.Random(f"{self.seed}-{epoch}").shuffle(order)
-            out.append(self.rows[order[i]])
+        rng = random.Random(f"grpo-prompts-{self.seed}-{self.cursor}")
+        for _ in range(n):
+            if self.task is not None:
+                weights = self.curriculum.weights() if self.curriculum else None
+                lv = rng.choices(self.levels, weights=weights)[0]
+                self._drawn[lv] += 1
+                out.append(next(self._streams[lv]))
+            else:
+                epoch, i = divmod(self.cursor + len(out), len(self.rows))
+                order = list(range(len(self.rows)))
+                random.Random(f"{self.seed}-{epoch}").shuffle(order)
+                out.append(self.rows[order[i]])
+        self.cursor += n
         return out
 
-    def eval_examples(self, n: int) -> list[dict[str, Any]]:
-        """Held-out prompts: the task's test split (never seen in training)."""
-        if self.task is None or n <= 0:
-            return []
-        return self.task.examples(n, split="test", level=self.levels, seed=self.seed)
+    def peek(self) -> list[dict[str, Any]]:
+        """A few prompts to check the rewards' fields against, without drawing."""
+        if self.rows:
+            return self.rows
+        return [self.task.examples(1, split="train", level=lv)[0] for lv in self.levels]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cursor": self.cursor, "drawn": {str(k): v for k, v in getattr(self, "_drawn", {}).items()},
+                "curriculum": self.curriculum.state_dict() if self.curriculum else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor = state["cursor"]
+        for lv, k in state.get("drawn", {}).items():  # fast-forward each level's stream
+            lv = int(lv)
+            for _ in range(k - self._drawn[lv]):
+                next(self._streams[lv])
+            self._drawn[lv] = k
+        if self.curriculum and state.get("curriculum"):
+            self.curriculum.load_state_dict(state["curriculum"])
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], str]:
@@ -226,7 +284,7 @@ class GRPOTrainer:
         # accuracy: the task's verifier; for a prompt file whose rows all have an `answer`, exact/numeric match
         self.verifier = resolve_reward(self.prompts.task.reward) if self.prompts.task else \
             (resolve_reward("accuracy") if all("answer" in r for r in self.prompts.rows) else None)
-        self.rewards.check(self.prompts.rows or self.prompts.batch(0))
+        self.rewards.check(self.prompts.peek())
         self.balancer = LoadBalancer(self.model, cfg.bias_update_speed, 0.0)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                          self.device.type)
@@ -234,29 +292,32 @@ class GRPOTrainer:
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if sampler is None:
             longest = max(len(render_prompt(self.tokenizer, self.prompts.messages(r))[0])
-                          for r in (self.prompts.rows or self.prompts.batch(0)))
+                          for r in self.prompts.peek())
             max_len = min(self.model.config.max_position_embeddings,
                           2 * longest + cfg.max_completion_length + 64)
-            sampler = EngineSampler(self.model, self.tokenizer, max_len, cfg.num_prompts * cfg.num_generations)
+            sampler = EngineSampler(self.model, self.tokenizer, max_len,
+                                    min(cfg.num_prompts * cfg.num_generations, 512))
         self.sampler = sampler
         self.step = 0
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
 
     # ------------------------------------------------------------------ rollouts and scoring
-    def rollout(self, rows: list[dict[str, Any]], step: int, greedy: bool = False, n: int | None = None
+    def rollout(self, rows: list[dict[str, Any]], seed_base: int, greedy: bool = False, n: int | None = None
                 ) -> tuple[list[list[int]], list[str], list[Rollout]]:
-        """(prompt ids, pre-fills, rollouts), one entry per completion (prompt-major: G in a row per prompt)."""
+        """(prompt ids, pre-fills, rollouts), one entry per completion (prompt-major: G in a row per prompt).
+        The model samples in eval mode: rollouts are not training forwards (no routing statistics)."""
         cfg = self.cfg
         n = n or cfg.num_generations
         rendered = [render_prompt(self.tokenizer, self.prompts.messages(r)) for r in rows]
-        seeds = [hash((cfg.seed, step, i)) & 0x7FFF_FFFF for i in range(len(rows))]
+        seeds = [hash((cfg.seed, seed_base, i)) & 0x7FFF_FFFF for i in range(len(rows))]
         was_training = self.model.training
+        self.model.eval()
         try:
             groups = self.sampler([ids for ids, _ in rendered], n, cfg.max_completion_length,
                                   0.0 if greedy else cfg.temperature, cfg.top_p, cfg.top_k, seeds)
         finally:
-            self.model.train(was_training)  # the engine switches the model to eval mode
+            self.model.train(was_training)
         prompts, prefills, flat = [], [], []
         for (ids, prefill), group in zip(rendered, groups):
             for r in group:
@@ -269,14 +330,89 @@ class GRPOTrainer:
         return prefill + self.tokenizer.decode(r.token_ids, skip_special_tokens=True)
 
     @torch.no_grad()
-    def evaluate(self, n: int | None = None) -> float | None:
-        """Held-out pass@1 with greedy decoding on the task's test split (None without a task)."""
-        rows = self.prompts.eval_examples(self.cfg.eval_prompts if n is None else n)
-        if not rows:
+    def evaluate(self, n: int | None = None) -> dict[str, Any] | None:
+        """Held-out greedy accuracy on the task's test split: the same evaluation, on the same distinct problems, as
+        `nanoseek eval` and the demo's stages (`evaluate.runner.evaluate`). None without a task."""
+        n = self.cfg.eval_prompts if n is None else n
+        if self.prompts.task is None or n <= 0:
             return None
-        _, prefills, rolls = self.rollout(rows, -1, greedy=True, n=1)
-        scores = [self.verifier(self.text(p, r), **row) for p, r, row in zip(prefills, rolls, rows)]
-        return sum(s or 0.0 for s in scores) / len(scores)
+        from ..evaluate.runner import evaluate
+        was_training = self.model.training
+        try:
+            res = evaluate(self.model, [self.cfg.task], tokenizer=self.tokenizer, limit=n, levels=self.prompts.levels,
+                           max_tokens=self.cfg.max_completion_length)
+        finally:
+            self.model.train(was_training)
+        return res["results"][self.cfg.task]
+
+    def eval_metrics(self) -> dict[str, Any]:
+        """eval_accuracy, eval_ci95 and eval_examples for metrics.jsonl (empty without a held-out set)."""
+        res = self.evaluate()
+        if res is None or "accuracy" not in res:
+            return {}
+        return {"eval_accuracy": res["accuracy"], "eval_ci95": res.get("ci95"), "eval_examples": res["examples"]}
+
+    def _score(self, rows: list[dict[str, Any]], prefills: list[str], rolls: list[Rollout]):
+        """(texts, per-function rewards (N, F) with NaN for None, weighted totals (N,), verifier scores (N,))."""
+        G = self.cfg.num_generations
+        texts = [self.text(p, r) for p, r in zip(prefills, rolls)]
+        per_fn = torch.tensor([[float("nan") if v is None else v for v in
+                                self.rewards.score(t, rows[i // G], len(r.token_ids))]
+                               for i, (t, r) in enumerate(zip(texts, rolls))], dtype=torch.float32)
+        total = (per_fn.nan_to_num(0.0) * torch.tensor(self.rewards.weights)).sum(dim=1)
+        correct = torch.tensor([float(self.verifier(t, **rows[i // G]) or 0.0) if self.verifier else float("nan")
+                                for i, t in enumerate(texts)])
+        return texts, per_fn, total, correct
+
+    def sample_groups(self) -> dict[str, Any]:
+        """Rollouts for one step: `num_prompts` groups of G. With dynamic sampling (DAPO), groups whose rewards are all
+        equal are dropped (no advantage, no gradient) and more prompts are drawn, up to `max_sampling_rounds`
+        rounds, until `num_prompts` informative groups are collected; the curriculum sees every group."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        keep: dict[str, list[Any]] = {k: [] for k in ("rows", "prompts", "prefills", "rolls", "texts", "per_fn",
+                                                      "total", "correct")}
+        sampled = dropped = rounds = 0
+        all_correct: list[torch.Tensor] = []
+        all_zero: list[torch.Tensor] = []
+        informative = 1.0  # fraction of informative groups so far (sizes the next draw)
+        level_acc: dict[int, list[float]] = {}  # group accuracies of this step, per level
+        while len(keep["rows"]) < cfg.num_prompts and rounds < cfg.max_sampling_rounds:
+            need = cfg.num_prompts - len(keep["rows"])
+            if rounds:
+                need = min(int(need / max(informative, 0.25)) + 1, 4 * cfg.num_prompts)
+            seed_base = self.prompts.cursor
+            rows = self.prompts.draw(need)
+            prompts, prefills, rolls = self.rollout(rows, seed_base)
+            texts, per_fn, total, correct = self._score(rows, prefills, rolls)
+            skipped = per_fn.isnan().all(dim=1)
+            zero = torch.tensor([total[g * G:(g + 1) * G][~skipped[g * G:(g + 1) * G]].unique().numel() <= 1
+                                 for g in range(len(rows))])
+            rounds += 1
+            sampled += len(rows)
+            all_correct.append(correct)
+            all_zero.append(zero)
+            informative = 1.0 - float(torch.cat(all_zero).float().mean())
+            for g, row in enumerate(rows):
+                if "level" in row and not correct.isnan().any():
+                    level_acc.setdefault(row["level"], []).append(float(correct[g * G:(g + 1) * G].mean()))
+                if (cfg.dynamic_sampling and bool(zero[g])) or len(keep["rows"]) >= cfg.num_prompts:
+                    dropped += int(bool(zero[g]) and cfg.dynamic_sampling)
+                    continue
+                sl = slice(g * G, (g + 1) * G)
+                keep["rows"].append(row)
+                for k, v in (("prompts", prompts), ("prefills", prefills), ("rolls", rolls), ("texts", texts)):
+                    keep[k] += v[sl]
+                for k, v in (("per_fn", per_fn), ("total", total), ("correct", correct)):
+                    keep[k].append(v[sl])
+        if self.prompts.curriculum is not None:  # one update per level and step: the mean over its groups
+            for lv, accs in level_acc.items():
+                self.prompts.curriculum.update(lv, sum(accs) / len(accs))
+        out = {k: keep[k] for k in ("rows", "prompts", "prefills", "rolls", "texts")}
+        for k in ("per_fn", "total", "correct"):
+            out[k] = torch.cat(keep[k]) if keep[k] else torch.zeros((0, len(self.rewards.fns)) if k == "per_fn" else 0)
+        out.update(groups_sampled=sampled, groups_dropped=dropped, sampling_rounds=rounds,
+                   sampled_correct=torch.cat(all_correct), frac_zero_std=float(torch.cat(all_zero).float().mean()))
+        return out
 
     # ------------------------------------------------------------------ one step
     def _forward(self, model: torch.nn.Module, ids: torch.Tensor, entropy: bool = False):
@@ -287,87 +423,97 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, Any]:
         cfg, G = self.cfg, self.cfg.num_generations
         t0 = time.perf_counter()
-        rows = self.prompts.batch(self.step)
-        prompts, prefills, rolls = self.rollout(rows, self.step)
+        batch = self.sample_groups()
         t_roll = time.perf_counter() - t0
-        texts = [self.text(p, r) for p, r in zip(prefills, rolls)]
-        per_fn = torch.tensor([[float("nan") if v is None else v for v in
-                                self.rewards.score(t, rows[i // G], len(r.token_ids))]
-                               for i, (t, r) in enumerate(zip(texts, rolls))], dtype=torch.float32)
-        w = torch.tensor(self.rewards.weights)
-        skipped = per_fn.isnan().all(dim=1)
-        total = (per_fn.nan_to_num(0.0) * w).sum(dim=1)
-        # skipped completions take their group's mean (advantage ~0) and leave the loss
-        grouped = total.masked_fill(skipped, float("nan")).view(-1, G)
-        fill = grouped.nanmean(dim=1, keepdim=True).nan_to_num(0.0).expand_as(grouped)
-        filled = torch.where(grouped.isnan(), fill, grouped).flatten()
-        adv, zero_std = group_advantages(filled, G, cfg.scale_rewards)
-        truncated = torch.tensor([r.truncated for r in rolls])
-        keep = ~skipped & ~(truncated if cfg.mask_truncated_completions else torch.zeros_like(truncated))
-
-        ids, mask = pack(prompts, [r.token_ids for r in rolls], self.pad)
-        mask = mask * keep[:, None].float()
-        ids, mask, adv = ids.to(self.device), mask.to(self.device), adv.to(self.device)
-        n_seq, n_tok = ids.shape[0], float(mask.sum())
-        chunks = [slice(i, i + cfg.micro_batch_size) for i in range(0, n_seq, cfg.micro_batch_size)]
-        with torch.no_grad():
-            old = [self._forward(self.model, ids[c])[0] for c in chunks] if cfg.num_iterations > 1 else None
-            ref = [self._forward(self.ref, ids[c])[0] for c in chunks] if self.ref is not None else None
-        lr = lr_at(self.step, cfg.max_steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        rows, prompts, rolls, texts = batch["rows"], batch["prompts"], batch["rolls"], batch["texts"]
+        per_fn, total = batch["per_fn"], batch["total"]
+        m: dict[str, Any] = {"step": self.step + 1}
         sums: dict[str, float] = {}
-        for it in range(cfg.num_iterations):
-            for k, c in enumerate(chunks):
-                self.balancer.begin_forward(ids[c].shape[0])
-                logp, ent = self._forward(self.model, ids[c], entropy=it == 0)
-                loss, st = grpo_loss(logp, adv[c], mask[c], old_logp=None if old is None else old[k],
-                                     ref_logp=None if ref is None else ref[k], beta=cfg.beta, epsilon=cfg.epsilon,
-                                     epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
-                                     max_completion_length=cfg.max_completion_length, num_sequences=n_seq,
-                                     num_tokens=n_tok)
-                loss.backward()
-                share = float(mask[c].sum()) / max(n_tok, 1.0) / cfg.num_iterations  # token-weighted means
-                vals = {"loss": float(loss.detach()) / cfg.num_iterations, "clip_ratio": float(st.clip_region) * share,
-                        "clip_low": float(st.clip_low) * share, "clip_high": float(st.clip_high) * share}
-                if st.kl is not None:
-                    vals["kl"] = float(st.kl) * share
-                if ent is not None:
-                    vals["entropy"] = float((ent * mask[c]).sum()) / max(n_tok, 1.0)
-                for key, v in vals.items():
-                    sums[key] = sums.get(key, 0.0) + v
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            if not torch.isfinite(grad_norm):
-                raise TrainingError(f"non-finite gradient norm at GRPO step {self.step}; the last checkpoint in "
-                                    f"{self.ckpt_dir} is intact (lower --lr)")
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        load = self.balancer.step()
-        self.step += 1
+        lr = lr_at(self.step, cfg.max_steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio)
+        grad_norm = torch.tensor(0.0)
+        if rows:
+            skipped = per_fn.isnan().all(dim=1)
+            # skipped completions take their group's mean (advantage ~0) and leave the loss
+            grouped = total.masked_fill(skipped, float("nan")).view(-1, G)
+            fill = grouped.nanmean(dim=1, keepdim=True).nan_to_num(0.0).expand_as(grouped)
+            filled = torch.where(grouped.isnan(), fill, grouped).flatten()
+            adv, _ = group_advantages(filled, G, cfg.scale_rewards)
+            truncated = torch.tensor([r.truncated for r in rolls])
+            keep = ~skipped & ~(truncated if cfg.mask_truncated_completions else torch.zeros_like(truncated))
 
-        lengths = torch.tensor([len(r.token_ids) for r in rolls], dtype=torch.float32)
-        valid = ~skipped
-        m: dict[str, Any] = {"step": self.step, "reward": float(total[valid].mean()) if valid.any() else None,
-                             "reward_std": float(filled.view(-1, G).std(dim=1).mean()) if G > 1 else 0.0}
-        for j, name in enumerate(self.rewards.names):
-            col = per_fn[:, j]
-            m[f"rewards/{name}"] = float(col.nanmean()) if not col.isnan().all() else None
+            ids, mask = pack(prompts, [r.token_ids for r in rolls], self.pad)
+            lengths = torch.tensor([len(p) + len(r.token_ids) for p, r in zip(prompts, rolls)])
+            real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # not right-padding
+            mask = mask * keep[:, None].float()
+            ids, mask, adv, real = ids.to(self.device), mask.to(self.device), adv.to(self.device), real.to(self.device)
+            n_seq, n_tok = ids.shape[0], float(mask.sum())
+            chunks = [slice(i, i + cfg.micro_batch_size) for i in range(0, n_seq, cfg.micro_batch_size)]
+            with torch.no_grad():
+                old = [self._forward(self.model, ids[c])[0] for c in chunks] if cfg.num_iterations > 1 else None
+                ref = [self._forward(self.ref, ids[c])[0] for c in chunks] if self.ref is not None else None
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            for it in range(cfg.num_iterations):
+                for k, c in enumerate(chunks):
+                    self.balancer.begin_forward(ids[c].shape[0], token_mask=real[c])
+                    logp, ent = self._forward(self.model, ids[c], entropy=it == 0)
+                    loss, st = grpo_loss(logp, adv[c], mask[c], old_logp=None if old is None else old[k],
+                                         ref_logp=None if ref is None else ref[k], beta=cfg.beta,
+                                         epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                                         max_completion_length=cfg.max_completion_length, num_sequences=n_seq,
+                                         num_tokens=n_tok)
+                    loss.backward()
+                    share = float(mask[c].sum()) / max(n_tok, 1.0) / cfg.num_iterations  # token-weighted means
+                    vals = {"loss": float(loss.detach()) / cfg.num_iterations,
+                            "clip_ratio": float(st.clip_region) * share, "clip_low": float(st.clip_low) * share,
+                            "clip_high": float(st.clip_high) * share}
+                    if st.kl is not None:
+                        vals["kl"] = float(st.kl) * share
+                    if ent is not None:
+                        vals["entropy"] = float((ent * mask[c]).sum()) / max(n_tok, 1.0)
+                    for key, v in vals.items():
+                        sums[key] = sums.get(key, 0.0) + v
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    raise TrainingError(f"non-finite gradient norm at GRPO step {self.step}; the last checkpoint in "
+                                        f"{self.ckpt_dir} is intact (lower --lr)")
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.balancer.begin_forward(1)
+            load = self.balancer.step()
+            if load:
+                m["load"] = {k: round(v["max_over_mean"], 4) for k, v in load.items()}
+            lengths_c = torch.tensor([len(r.token_ids) for r in rolls], dtype=torch.float32)
+            valid = ~skipped
+            m.update(reward=float(total[valid].mean()) if valid.any() else None,
+                     reward_std=float(filled.view(-1, G).std(dim=1).mean()) if G > 1 else 0.0,
+                     completion_length=float(lengths_c.mean()), completion_length_max=float(lengths_c.max()),
+                     truncated_frac=float(truncated.float().mean()), skipped=int(skipped.sum()))
+            for j, name in enumerate(self.rewards.names):
+                col = per_fn[:, j]
+                m[f"rewards/{name}"] = float(col.nanmean()) if not col.isnan().all() else None
+            m["_sample"] = {"prompt": self.prompts.messages(rows[0])[-1]["content"], "completion": texts[0],
+                            "reward": float(total[0])}
+        else:  # every sampled group was all-equal: nothing to learn from this step
+            m.update(reward=None, _sample=None)
+        self.step += 1
+        sampled_correct = batch["sampled_correct"]
         if self.verifier is not None:
-            m["accuracy"] = sum(self.verifier(t, **rows[i // G]) or 0.0 for i, t in enumerate(texts)) / len(texts)
-        m.update(frac_reward_zero_std=float(zero_std.float().mean()), completion_length=float(lengths.mean()),
-                 completion_length_max=float(lengths.max()), truncated_frac=float(truncated.float().mean()),
-                 skipped=int(skipped.sum()), reward_errors=sum(self.rewards.errors), **sums, lr=lr,
+            m["accuracy"] = float(sampled_correct.mean())  # over every sampled completion, dropped groups too
+        m.update(frac_reward_zero_std=batch["frac_zero_std"], groups_sampled=batch["groups_sampled"],
+                 groups_dropped=batch["groups_dropped"], groups_trained=len(rows),
+                 sampling_rounds=batch["sampling_rounds"], reward_errors=sum(self.rewards.errors), **sums, lr=lr,
                  grad_norm=float(grad_norm), rollout_s=t_roll, step_s=time.perf_counter() - t0)
-        if load:
-            m["load"] = {k: round(v["max_over_mean"], 4) for k, v in load.items()}
-        m["_sample"] = {"prompt": self.prompts.messages(rows[0])[-1]["content"], "completion": texts[0],
-                        "reward": float(total[0])}
+        if self.prompts.curriculum is not None:
+            m["curriculum"] = {str(k): None if v is None else round(v, 4)
+                               for k, v in self.prompts.curriculum.acc.items()}
         return m
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> str:
         return state.save(self.ckpt_dir, self.step, {"model": self.model.state_dict(),
                                                      "optimizer": self.optimizer.state_dict(),
+                                                     "prompts": self.prompts.state_dict(),
                                                      "config": self.cfg.to_dict()}, self.cfg.keep_checkpoints)
 
     def resume(self) -> bool:
@@ -377,6 +523,8 @@ class GRPOTrainer:
         ckpt = state.load(found[-1][1])
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "prompts" in ckpt:
+            self.prompts.load_state_dict(ckpt["prompts"])
         state.set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
         self.log(f"resumed from {found[-1][1]} at step {self.step}")
@@ -397,9 +545,10 @@ class GRPOTrainer:
         self.model.train()
         summary: dict[str, Any] = {}
         if self.step == 0 and cfg.eval_prompts > 0:
-            summary["eval_accuracy_start"] = self.evaluate()
-            if summary["eval_accuracy_start"] is not None:
-                self._write(self.metrics_path, {"step": 0, "eval_accuracy": summary["eval_accuracy_start"]})
+            ev = self.eval_metrics()
+            summary["eval_accuracy_start"] = ev.get("eval_accuracy")
+            if ev:
+                self._write(self.metrics_path, {"step": 0, **ev})
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -411,9 +560,9 @@ class GRPOTrainer:
             sample = m.pop("_sample")
             if cfg.eval_prompts > 0 and (self.step == cfg.max_steps or
                                          (cfg.eval_every and self.step % cfg.eval_every == 0)):
-                m["eval_accuracy"] = self.evaluate()
+                m.update(self.eval_metrics())
             self._write(self.metrics_path, m)
-            if self.step % cfg.log_every == 0:
+            if self.step % cfg.log_every == 0 and sample is not None:
                 self._write(os.path.join(cfg.run_dir, "samples.jsonl"), {"step": self.step, **sample})
             rewards.append(m["reward"])
             if bar is not None:

@@ -44,6 +44,9 @@ class GRPOConfig:
     scale_rewards: str = "group"  # group | batch | none
     num_iterations: int = 1  # policy updates per batch (mu)
     mask_truncated_completions: bool = False
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and draw more prompts
+    max_sampling_rounds: int = 4  # rollout rounds per step when dynamic sampling refills the batch
+    curriculum: bool = False  # draw a task's levels where the policy's group accuracy is strictly between 0 and 1
     # optimisation
     max_steps: int = 100
     lr: float = 1e-4
@@ -61,7 +64,7 @@ class GRPOConfig:
     dtype: str = "auto"
     seed: int = 0
     threads: int | None = None
-    eval_prompts: int = 64  # held-out test prompts for greedy pass@1 at the start, every eval_every and the end
+    eval_prompts: int = 500  # distinct held-out test problems for greedy accuracy at the start, every eval_every, the end
     eval_every: int = 0
     run_dir: str = "runs/grpo"
     ckpt_every: int = 50
@@ -108,7 +111,7 @@ class GRPOConfig:
         if bool(self.task) == bool(self.data):
             raise ValueError("grpo config: give exactly one of --task NAME and --data FILE.jsonl")
         for name in ("num_prompts", "num_generations", "max_completion_length", "max_steps", "num_iterations",
-                     "micro_batch_size", "ckpt_every", "log_every", "keep_checkpoints"):
+                     "micro_batch_size", "ckpt_every", "log_every", "keep_checkpoints", "max_sampling_rounds"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
         if self.loss_type not in LOSS_TYPES:
