@@ -245,6 +245,20 @@ def _check_error(resp, status: int, *, param=None, code=None, match: str | None 
     return err
 
 
+def _nested(depth: int) -> list:
+    """[[[...]]] `depth` levels deep, built without recursion."""
+    v: list = []
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
+
+def test_json_depth_is_measured_without_recursion():
+    from nanoseek.serve.app import json_depth
+    assert json_depth(3) == 0 and json_depth([]) == 1 and json_depth({"a": [1, {"b": []}]}) == 4
+    assert json_depth(_nested(100_000)) == 100_000  # far past Python's recursion limit
+
+
 def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client, app):
     ok = {"model": NAME, "messages": USER, "max_tokens": 2}
     cases = [
@@ -268,6 +282,13 @@ def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client
         (json.dumps({**ok, "stop": [""]}), 400, "stop", None),
         (json.dumps({**ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), 400, "tools", None),
         (json.dumps({**ok, "chat_template_kwargs": {"tokenize": True}}), 400, "chat_template_kwargs", None),
+        # JSON nested ~500-1,000 deep once answered 500 (RecursionError while rendering) or hung (issue 17 item 2)
+        (json.dumps({**ok, "chat_template_kwargs": {"x": "DEEP"}}).replace('"DEEP"', "[" * 1000 + "]" * 1000),
+         400, None, "nested more than 32"),
+        (json.dumps({**ok, "messages": [{"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "DEEP"}}]},
+            {"role": "user", "content": "x"}]}).replace('"DEEP"', '{"a":' * 500 + "1" + "}" * 500),
+         400, None, "nested more than 32"),
         (json.dumps({**ok, "stop": ["a"] * 17}), 400, "stop", None),
         # every sampling value bounded: these once passed validation and failed the engine step for everyone
         (json.dumps({**ok, "top_k": 2**63}), 400, "top_k", None),

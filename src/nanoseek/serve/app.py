@@ -103,6 +103,10 @@ def _load_page() -> str:
     return resources.files("nanoseek.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+# Deepest JSON a request may hold: chat messages with content parts and tool schemas need well under 20 levels.
+MAX_JSON_DEPTH = 32
+
+
 async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON: 413 past `limit` bytes (read no further than a bounded drain), 400 if not JSON."""
     length = request.headers.get("content-length")
@@ -129,11 +133,28 @@ async def read_json(request: Request, limit: int) -> Any:
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
     try:
-        return json.loads(bytes(body), parse_constant=no_constants)
-    except (ValueError, RecursionError) as e:
+        data = json.loads(bytes(body), parse_constant=no_constants)
+    except RecursionError:  # the parser's own recursion: deeper than anything we accept anyway
+        raise APIError(400, f"The JSON body is nested more than {MAX_JSON_DEPTH} levels deep.") from None
+    except ValueError as e:
         raise APIError(400, f"We could not parse the JSON body of your request. ({type(e).__name__}: "
                             f"{str(e)[:200]}) (HINT: this likely means you aren't using your HTTP library "
                             "correctly. The OpenAI API expects a JSON payload.)") from None
+    if json_depth(data) > MAX_JSON_DEPTH:  # rendering and validating deeper values recurse past Python's limit
+        raise APIError(400, f"The JSON body is nested more than {MAX_JSON_DEPTH} levels deep.")
+    return data
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, `[]` and `{}` are 1), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            d += 1
+            deepest = max(deepest, d)
+            stack.extend((x, d) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
