@@ -316,6 +316,11 @@ def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client
                  code="context_length_exceeded")
     _check_error(_post(base, json.dumps({"model": NAME, "prompt": [5000]}), "/v1/completions"), 400,
                  match="vocabulary")
+    # prompts x n beyond what the server can ever hold: a 400 on an idle server, not a 429 retried forever (item 7)
+    cap = app.state.worker.capacity
+    _check_error(_post(base, json.dumps({"model": NAME, "prompt": ["a b"] * (cap // 4 + 1), "n": 4,
+                                         "max_tokens": 1}), "/v1/completions"), 400, param="n",
+                 match=rf"asks for {4 * (cap // 4 + 1)} sequences .* at most {cap}")
     # 404 unknown model and route, 405, 413
     _check_error(_post(base, json.dumps({**ok, "model": "gpt-4o"})), 404, param="model", code="model_not_found")
     _check_error(_post(base, json.dumps(ok), "/v1/nowhere"), 404)

@@ -167,6 +167,10 @@ class EngineWorker:
         if not self._accepting or not self.healthy:
             return APIError(503, "The server is not accepting requests (starting, shutting down or failed). "
                                  "Retry later.", code="service_unavailable", headers=retry)
+        if slots > self.capacity:  # never admissible, even on an idle server: retrying cannot help
+            return APIError(400, f"The request asks for {slots} sequences (prompts x n) but this server holds at "
+                                 f"most {self.capacity} ({self.max_num_seqs} running + {self.max_queue} queued). "
+                                 "Send fewer prompts or a smaller n per request.", param="n")
         if self._slots + slots > self.capacity:
             return APIError(429, f"The server is overloaded: {self._slots} sequences in flight, room for "
                                  f"{self.capacity} ({self.max_num_seqs} running + {self.max_queue} queued). "
