@@ -72,13 +72,18 @@ def test_resume_is_exact(tmp_path, prepared):
     resumed = make(cfg_for(tmp_path / "b", resume=True), prepared)
     resumed.fit()
     a = {r["step"]: r["loss"] for r in metrics(tmp_path / "a")}
-    b = {r["step"]: r["loss"] for r in metrics(tmp_path / "b")}  # steps 4, 5 appear twice: the rerun overwrites
+    b = {r["step"]: r["loss"] for r in metrics(tmp_path / "b")}
+    assert [r["step"] for r in metrics(tmp_path / "b")] == list(range(1, 9))  # steps 4, 5 logged once (item 11)
     assert sorted(a) == sorted(b)
     for s in a:
         assert a[s] == pytest.approx(b[s], rel=1e-6, abs=1e-7), s
     assert full["val_loss"] == pytest.approx(metrics(tmp_path / "b")[-1]["val_loss"], rel=1e-6)
     ckpts = sorted(os.listdir(tmp_path / "b" / "checkpoints"))
     assert ckpts == ["step_0000006.pt", "step_0000008.pt"]  # keep_checkpoints = 2, no temp files
+    # resumed once more after the last step (a kill during the export): nothing to train, the summary still has its
+    # validation loss (it was None, and `nanoseek train` crashed formatting it; issue 17 item 10)
+    again = make(cfg_for(tmp_path / "b", resume=True), prepared).fit()
+    assert again["step"] == 8 and again["val_loss"] == pytest.approx(full["val_loss"], rel=1e-6)
 
 
 def test_gradient_accumulation_matches_big_batch(tmp_path, prepared):

@@ -527,6 +527,7 @@ class GRPOTrainer:
             self.prompts.load_state_dict(ckpt["prompts"])
         state.set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
+        state.truncate_log(self.metrics_path, self.step)
         self.log(f"resumed from {found[-1][1]} at step {self.step}")
         return True
 

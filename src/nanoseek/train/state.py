@@ -6,9 +6,11 @@ The file is read with torch.load(weights_only=True): tensors and plain container
 from __future__ import annotations
 
 import glob
+import json
 import os
 import random
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,3 +91,24 @@ def load(path: str) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+
+
+def truncate_log(path: str, step: int) -> int:
+    """Drop the rows of a metrics.jsonl written after `step` (by a run killed after its last checkpoint), so the
+    resumed run does not log those steps twice; rewritten atomically. Returns the number of rows dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a row cut short by the kill
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if len(keep) != len(lines):
+        from ..data.prepare import atomic_write
+        atomic_write(Path(path), "".join(keep).encode("utf-8"))
+    return len(lines) - len(keep)

@@ -136,6 +136,8 @@ class Trainer:
                        optim_state_dict=ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
         state.set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
+        if self.env.is_main:
+            state.truncate_log(self.metrics_path, self.step)
         self.log(f"resumed from {found[-1][1]} at step {self.step}")
         return True
 
@@ -249,4 +251,6 @@ class Trainer:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
+        if val_loss is None and self.step > 0:  # resumed at the end (e.g. killed during export): measure it again
+            val_loss = self.evaluate()
         return {"step": self.step, "val_loss": val_loss, "unigram_entropy": self.data.unigram_entropy}
