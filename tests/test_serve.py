@@ -316,11 +316,19 @@ def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client
                  code="context_length_exceeded")
     _check_error(_post(base, json.dumps({"model": NAME, "prompt": [5000]}), "/v1/completions"), 400,
                  match="vocabulary")
-    # prompts x n beyond what the server can ever hold: a 400 on an idle server, not a 429 retried forever (item 7)
+    # prompts x n beyond what the server can ever run at once: a 400 even on a busy server, never a 429 that clients
+    # retry forever (item 7); chat's n beyond the batch is the "at most 32" case above
+    _check_error(_post(base, json.dumps({"model": NAME, "prompt": ["a b"] * 20, "n": 4, "max_tokens": 1}),
+                       "/v1/completions"), 400, param="prompt", match="20 prompts x n=4 exceed the 32 sequences")
     cap = app.state.worker.capacity
-    _check_error(_post(base, json.dumps({"model": NAME, "prompt": ["a b"] * (cap // 4 + 1), "n": 4,
-                                         "max_tokens": 1}), "/v1/completions"), 400, param="n",
-                 match=rf"asks for {4 * (cap // 4 + 1)} sequences .* at most {cap}")
+    assert app.state.worker._refusal(cap + 1).status == 400  # the worker's own check, for any caller
+    # a prompt longer in characters than the context can hold in tokens: refused before tokenizing (item 3)
+    huge = "x" * (3 << 20)
+    for body, path, param in ((json.dumps({**ok, "messages": [{"role": "user", "content": huge}]}),
+                               "/v1/chat/completions", "messages"),
+                              (json.dumps({"model": NAME, "prompt": huge}), "/v1/completions", "prompt")):
+        _check_error(_post(base, body, path), 400, param=param, code="context_length_exceeded",
+                     match=r"has 3145728 characters, more than \d+ tokens can hold")
     # 404 unknown model and route, 405, 413
     _check_error(_post(base, json.dumps({**ok, "model": "gpt-4o"})), 404, param="model", code="model_not_found")
     _check_error(_post(base, json.dumps(ok), "/v1/nowhere"), 404)

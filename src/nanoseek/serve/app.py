@@ -232,6 +232,22 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(404, f"The model `{name}` does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
 
+    # The most characters one token can stand for (byte-level BPE: a vocabulary string has one character per byte,
+    # and a byte decodes to at most one character); 4x slack where a normalizer may compose characters. A prompt of
+    # more characters than max_model_len tokens can hold is refused before any tokenizing (issue 17 item 3).
+    chars_per_token = None
+    if tok is not None and hasattr(tok, "backend"):
+        longest = max((len(t) for t in tok.backend.get_vocab(with_added_tokens=True)), default=1)
+        chars_per_token = longest * (1 if tok.backend.normalizer is None else 4)
+
+    def check_chars(n_chars: int, what: str) -> None:
+        if chars_per_token is not None and n_chars > engine.max_model_len * chars_per_token:
+            raise APIError(400, f"This model's maximum context length is {engine.max_model_len} tokens. However, "
+                                f"your {what} has {n_chars} characters, more than {engine.max_model_len} tokens can "
+                                f"hold (at most {chars_per_token} characters each). Please reduce the length of the "
+                                f"{what}.", param="messages" if what == "messages" else "prompt",
+                           code="context_length_exceeded")
+
     def budget(n_prompt: int, requested: int | None, what: str) -> int:
         """max_tokens for the engine: what was asked if it fits, else the rest of the context."""
         max_len = engine.max_model_len
@@ -299,6 +315,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(400, "This model has no tokenizer, so no chat template: use /v1/completions with "
                                 "token ids.")
         messages = chat_messages(req)
+        check_chars(sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str)), "messages")
         kwargs = dict(req.chat_template_kwargs or {})
         bad = sorted(k for k in kwargs
                      if k in _RESERVED_TEMPLATE_KWARGS or not str(k).isidentifier() or str(k).startswith("_"))
@@ -328,10 +345,13 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         req.check()
         check_model(req.model)
         prompts = req.prompts()
-        worker.check_room(len(prompts) * req.n)
-        if len(prompts) * req.n > worker.max_num_seqs:
+        if len(prompts) * req.n > worker.max_num_seqs:  # never admissible: a 400 before any 429
             raise APIError(400, f"prompt: {len(prompts)} prompts x n={req.n} exceed the {worker.max_num_seqs} "
                                 "sequences this server runs at once", param="prompt")
+        worker.check_room(len(prompts) * req.n)
+        for p in prompts:
+            if isinstance(p, str):
+                check_chars(len(p), "prompt")
         if tok is None and any(isinstance(p, str) for p in prompts):
             raise APIError(400, "prompt: this model has no tokenizer; send token ids", param="prompt")
 
