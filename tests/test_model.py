@@ -292,12 +292,23 @@ def test_latent_cache_bytes_formula():
     (dict(topk_method="random"), "topk_method"),
     (dict(first_k_dense_replace=99), "first_k_dense_replace"),
     (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
+    # sizes past sane bounds are refused before any module is built (issue 17 item 9: 1,000,000 layers grew memory
+    # at ~130 MB/s toward an OOM)
+    (dict(num_hidden_layers=1_000_000), "num_hidden_layers"),
+    (dict(vocab_size=10**9), "vocab_size"),
+    (dict(max_position_embeddings=2**40), "max_position_embeddings"),
+    (dict(n_routed_experts=2**20, n_group=1, topk_group=1), "n_routed_experts"),
 ])
 def test_bad_configs_name_the_field(change, field):
     d = tiny().to_dict()
     d.update(change)
     with pytest.raises(ValueError, match=field):
         ModelConfig.from_dict(d)
+
+
+def test_every_official_config_is_inside_the_size_limits():
+    for name in ("deepseek-v3", "deepseek-v2", "deepseek-v2-lite", "tiny", "small"):
+        ModelConfig.preset(name).validate()
 
 
 def test_config_round_trip_and_transformers5_rope_parameters(tmp_path):

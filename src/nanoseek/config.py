@@ -20,6 +20,18 @@ SCORING_FUNCS = ("sigmoid", "softmax")
 _YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.0}
 
 
+# Upper bounds of the sizes in a config (DeepSeek-V3: vocab 129,280, hidden 7,168, 61 layers, 128 heads, 256
+# experts, intermediate 18,432, 163,840 positions), far above any real model and far below a runaway allocation.
+SIZE_LIMITS = {
+    "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 20, "moe_intermediate_size": 1 << 18,
+    "num_hidden_layers": 1024, "num_attention_heads": 1024, "num_key_value_heads": 1024, "q_lora_rank": 1 << 16,
+    "kv_lora_rank": 1 << 16, "qk_nope_head_dim": 4096, "qk_rope_head_dim": 4096, "v_head_dim": 4096,
+    "n_routed_experts": 1 << 16, "n_shared_experts": 1024, "num_experts_per_tok": 1024, "n_group": 1 << 16,
+    "topk_group": 1 << 16, "first_k_dense_replace": 1024, "moe_layer_freq": 1024, "num_nextn_predict_layers": 64,
+    "max_position_embeddings": 1 << 24,
+}
+
+
 @dataclass
 class ModelConfig:
     model_type: str = "deepseek_v3"
@@ -118,6 +130,12 @@ class ModelConfig:
                      "qk_rope_head_dim", "v_head_dim", "max_position_embeddings"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise bad(name, "must be a positive integer")
+        # sane upper bounds (DeepSeek-V3 sits far inside every one): a config.json with num_hidden_layers 1,000,000
+        # once built modules until the machine ran out of memory
+        for name, top in SIZE_LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool) and v > top:
+                raise bad(name, f"is larger than any model nanoseek can build (at most {top:,})")
         if not isinstance(self.qk_nope_head_dim, int) or self.qk_nope_head_dim < 0:
             raise bad("qk_nope_head_dim", "must be a non-negative integer")
         if self.qk_rope_head_dim % 2:
