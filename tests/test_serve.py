@@ -125,6 +125,10 @@ def _healthy(base: str, client) -> None:
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def _metrics(base: str):
+    return httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+
+
 def _post(base: str, body: bytes | str, path: str = "/v1/chat/completions", key: str | None = KEY, **kw):
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     return httpx.post(base + path, content=body, headers=headers, **{"timeout": 30, **kw})
@@ -353,9 +357,37 @@ def test_auth(base, client):
     _check_error(httpx.get(base + "/v1/models", headers={"Authorization": "Basic " + KEY}), 401)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0).models.list()
-    assert httpx.get(base + "/health").status_code == 200  # health, metrics and the page need no key
-    assert httpx.get(base + "/metrics").status_code == 200
+    assert httpx.get(base + "/health").status_code == 200  # health and the page need no key
+    _check_error(httpx.get(base + "/metrics"), 401)  # metrics sit behind the key when one is set (item 5)
+    assert _metrics(base).status_code == 200
     _healthy(base, client)
+
+
+def test_cross_site_browser_requests_and_rebinding_hosts_are_refused(base, client):
+    """Issue 17 item 5: a page on another site (a text/plain POST with its Origin) and a DNS-rebinding Host get 403;
+    the server's own page (same origin), non-browser clients (no Origin) and IP or localhost Hosts pass."""
+    body = json.dumps({"model": NAME, "messages": USER, "max_tokens": 1})
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for headers in ({"Origin": "http://evil.example", "Content-Type": "text/plain"},
+                    {"Origin": "null"}, {"Host": "evil.example"}, {"Host": "attacker.test:8000"}):
+        r = httpx.post(base + "/v1/chat/completions", content=body, headers={**auth, **headers}, timeout=30)
+        err = _check_error(r, 403, code="forbidden")
+        assert "--allowed-" in err["message"] or "opaque" in err["message"]
+    port = base.rsplit(":", 1)[1]
+    for headers in ({"Origin": base, "Content-Type": "application/json"}, {"Host": f"localhost:{port}"},
+                    {"Content-Type": "application/json"}):
+        r = httpx.post(base + "/v1/chat/completions", content=body, headers={**auth, **headers}, timeout=30)
+        assert r.status_code == 200, (headers, r.text)
+    _healthy(base, client)
+
+
+def test_allowed_origins_and_hosts_are_configurable():
+    from nanoseek.serve.app import _BrowserGuard
+    guard = _BrowserGuard(None, ("http://localhost:3000",), ("my.box",))
+    assert guard._host_ok("my.box:8000") and guard._host_ok("127.0.0.1:8000") and guard._host_ok("[::1]:8000")
+    assert guard._host_ok("localhost") and not guard._host_ok("other.box")
+    assert "http://localhost:3000" in guard.origins
+    assert _BrowserGuard(None, (), ("*",))._host_ok("anything.example")
 
 
 def test_an_engine_failure_is_a_500_in_openai_shape_and_the_server_recovers(base, client, app, monkeypatch):
@@ -423,7 +455,7 @@ def test_overload_is_shed_with_retry_after(model_dir):
         _healthy(base, client)
         client.chat.completions.create(model=NAME, messages=USER, max_tokens=8, temperature=0,
                                        extra_body={"ignore_eos": True})  # decodes with MTP drafts
-        m = httpx.get(base + "/metrics").text
+        m = _metrics(base).text
         assert re.search(r'http_requests_total\{[^}]*endpoint="/v1/chat/completions",status="429"\} 1', m)
         drafts = float(re.search(r"spec_decode_num_draft_tokens_total\{[^}]*\} (\S+)", m).group(1))
         rate = float(re.search(r"spec_decode_draft_acceptance_rate\{[^}]*\} (\S+)", m).group(1))
@@ -451,7 +483,7 @@ def test_32_concurrent_streams_equal_the_same_requests_one_at_a_time(client, app
 def test_metrics_parse(base, client):
     from prometheus_client.parser import text_string_to_metric_families
     client.chat.completions.create(model=NAME, messages=USER, max_tokens=3, temperature=0)
-    text = httpx.get(base + "/metrics").text
+    text = _metrics(base).text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     p = "nanoseek:"
     for name in ("http_requests", "prompt_tokens", "generation_tokens", "num_requests_waiting", "num_requests_running",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -53,6 +54,11 @@ class ServeConfig:
     reasoning_parser: bool = True  # split `<think>...</think>` into reasoning_content
     keepalive_s: float = 15.0  # SSE `: keep-alive` comment after this long without output
     drain_timeout_s: float = 10.0  # on shutdown, in-flight requests get this long to finish before an abort
+    # Browser protection (issue 17 item 5). A request whose Origin is another site (a page in the user's browser
+    # driving the server) is refused unless listed here ("*": any); one whose Host is a domain name that is not
+    # localhost (DNS rebinding) is refused unless listed in allowed_hosts ("*": any). IP literals always pass.
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
 
 
 class _Stream(StreamingResponse):
@@ -97,6 +103,55 @@ class _CountRequests:
             raise
         finally:
             self.metrics.count_request(endpoint, status["code"])
+
+
+class _BrowserGuard:
+    """ASGI middleware: 403 for cross-site browser requests (an Origin other than the server's own and not allowed)
+    and for DNS-rebinding Host names (a domain name other than localhost and not allowed). Clients that are not
+    browsers send no Origin and use the address they connect to, so they pass."""
+
+    def __init__(self, app: Any, allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...]):
+        self.app = app
+        self.origins = {o.rstrip("/").lower() for o in allowed_origins}
+        self.hosts = {h.lower() for h in allowed_hosts}
+
+    def _host_ok(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        if "*" in self.hosts or name in self.hosts or name == "localhost" or name.endswith(".localhost"):
+            return True
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        reason = None
+        if host and not self._host_ok(host):
+            reason = (f"Host {host!r} is not allowed (DNS rebinding protection); start the server with "
+                      "--allowed-hosts to accept it")
+        elif origin is not None and origin.lower() != "null" and "*" not in self.origins:
+            same = origin.split("://", 1)[-1].rstrip("/").lower() == host.lower()
+            if not same and origin.rstrip("/").lower() not in self.origins:
+                reason = (f"cross-origin requests from {origin!r} are not allowed; start the server with "
+                          "--allowed-origins to accept them")
+        elif origin is not None and origin.lower() == "null" and "*" not in self.origins:
+            reason = "requests from an opaque origin (Origin: null) are not allowed"
+        if reason is None:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": {"message": reason, "type": "forbidden", "param": None,
+                                     "code": "forbidden"}}).encode()
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _load_page() -> str:
@@ -288,7 +343,8 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         return JSONResponse({"status": "unavailable"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
+    async def prometheus(request: Request) -> PlainTextResponse:
+        check_auth(request)  # behind the key when one is set
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
@@ -388,6 +444,8 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
 
     endpoints = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(_CountRequests, metrics=metrics, endpoints=endpoints)
+    app.add_middleware(_BrowserGuard, allowed_origins=tuple(cfg.allowed_origins),
+                       allowed_hosts=tuple(cfg.allowed_hosts))
     return app
 
 

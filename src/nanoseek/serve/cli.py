@@ -30,6 +30,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="split <think>...</think> into reasoning_content (deepseek_r1) or leave it in content")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM before they are cancelled")
+    p.add_argument("--allowed-origins", default="",
+                   help="comma-separated browser origins allowed to call the API (e.g. http://localhost:3000; "
+                        "'*' for any); other sites' pages get 403")
+    p.add_argument("--allowed-hosts", default="",
+                   help="comma-separated Host names accepted besides localhost and IP addresses ('*' for any)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -52,6 +57,8 @@ def run_serve(a: argparse.Namespace) -> int:
               dtype=a.dtype, device=a.device)
     cfg = ServeConfig(served_model_name=a.served_model_name or default_model_name(a.model), api_key=a.api_key,
                       max_queue=a.max_queue, max_body_bytes=a.max_request_bytes,
-                      reasoning_parser=a.reasoning_parser != "none", drain_timeout_s=min(10.0, a.shutdown_timeout))
+                      reasoning_parser=a.reasoning_parser != "none", drain_timeout_s=min(10.0, a.shutdown_timeout),
+                      allowed_origins=tuple(x.strip() for x in a.allowed_origins.split(",") if x.strip()),
+                      allowed_hosts=tuple(x.strip() for x in a.allowed_hosts.split(",") if x.strip()))
     run_server(llm, cfg, a.host, a.port, shutdown_timeout_s=a.shutdown_timeout, log_level=a.log_level)
     return 0
