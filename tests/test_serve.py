@@ -60,10 +60,12 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def live_server(model_dir: Path, *, api_key: str | None = KEY, max_num_seqs: int = 32, max_queue: int = 32,
                 graceful_s: float = 5.0, speculative: int | None = None, **config):
+    from nanoseek.serve.app import uvicorn_config
     llm = nanoseek.LLM(model_dir, max_num_seqs=max_num_seqs, speculative=speculative)
-    app = create_app(llm, ServeConfig(served_model_name=NAME, api_key=api_key, max_queue=max_queue, **config))
+    cfg = ServeConfig(served_model_name=NAME, api_key=api_key, max_queue=max_queue, **config)
+    app = create_app(llm, cfg)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn_config(app, cfg, "127.0.0.1", port, log_level="warning",
                                            timeout_graceful_shutdown=graceful_s))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -379,6 +381,29 @@ def test_cross_site_browser_requests_and_rebinding_hosts_are_refused(base, clien
         r = httpx.post(base + "/v1/chat/completions", content=body, headers={**auth, **headers}, timeout=30)
         assert r.status_code == 200, (headers, r.text)
     _healthy(base, client)
+
+
+def test_a_stalled_body_times_out_and_connections_are_capped(model_dir):
+    """Issue 17 item 4: a client that sends its headers and then stalls its body gets a 408 after read_timeout_s
+    (others are served meanwhile); a request arriving while max_connections connections are open gets 503 from
+    uvicorn (idle connections count, so slowloris connections cannot crowd out a server without limit)."""
+    with live_server(model_dir, read_timeout_s=1.0, max_connections=3) as (base, app, _):
+        port = int(base.rsplit(":", 1)[1])
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=20)
+        stalled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
+                        KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo")
+        ok = _post(base, json.dumps({"model": NAME, "messages": USER, "max_tokens": 1}))
+        assert ok.status_code == 200  # served while the other body stalls
+        reply = stalled.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
+        stalled.close()
+        held = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3)]  # idle (slowloris)
+        try:
+            time.sleep(0.3)
+            assert httpx.get(base + "/health", timeout=10).status_code == 503  # over the cap
+        finally:
+            for h in held:
+                h.close()
 
 
 def test_allowed_origins_and_hosts_are_configurable():

@@ -59,6 +59,12 @@ class ServeConfig:
     # localhost (DNS rebinding) is refused unless listed in allowed_hosts ("*": any). IP literals always pass.
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # Slow clients (issue 17 item 4): a request body must arrive within read_timeout_s (else 408); at most
+    # max_connections connections are open at once (uvicorn answers 503 beyond); idle keep-alive connections close
+    # after keepalive_timeout_s.
+    read_timeout_s: float = 30.0
+    max_connections: int = 1000
+    keepalive_timeout_s: float = 5.0
 
 
 class _Stream(StreamingResponse):
@@ -162,8 +168,17 @@ def _load_page() -> str:
 MAX_JSON_DEPTH = 32
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON: 413 past `limit` bytes (read no further than a bounded drain), 400 if not JSON."""
+async def read_json(request: Request, limit: int, timeout_s: float | None = None) -> Any:
+    """The body as JSON: 413 past `limit` bytes (read no further than a bounded drain), 408 when it has not arrived
+    within `timeout_s`, 400 if not JSON."""
+    try:
+        return await asyncio.wait_for(_read_json(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"The request body did not arrive within {timeout_s:g} s.",
+                       code="request_timeout") from None
+
+
+async def _read_json(request: Request, limit: int) -> Any:
     length = request.headers.get("content-length")
     too_big = APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
     if length is not None:
@@ -362,7 +377,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         check_auth(request)
-        req = parse(ChatCompletionRequest, await read_json(request, cfg.max_body_bytes))
+        req = parse(ChatCompletionRequest, await read_json(request, cfg.max_body_bytes, cfg.read_timeout_s))
         req.check()
         check_model(req.model)
         check_n(req.n)
@@ -397,7 +412,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         check_auth(request)
-        req = parse(CompletionRequest, await read_json(request, cfg.max_body_bytes))
+        req = parse(CompletionRequest, await read_json(request, cfg.max_body_bytes, cfg.read_timeout_s))
         req.check()
         check_model(req.model)
         prompts = req.prompts()
@@ -453,6 +468,13 @@ def default_model_name(model_dir: str) -> str:
     return os.path.basename(os.path.normpath(model_dir)) or "nanoseek"
 
 
+def uvicorn_config(app: Any, config: ServeConfig, host: str, port: int, **kwargs: Any) -> Any:
+    """uvicorn's settings for `app`: the connection cap and keep-alive timeout of `config`."""
+    import uvicorn
+    return uvicorn.Config(app, host=host, port=port, limit_concurrency=config.max_connections,
+                          timeout_keep_alive=config.keepalive_timeout_s, **kwargs)
+
+
 def run_server(llm: Any, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
                shutdown_timeout_s: float = 30.0, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; then uvicorn stops accepting, waits up to `shutdown_timeout_s` for open
@@ -460,8 +482,8 @@ def run_server(llm: Any, config: ServeConfig, host: str = "127.0.0.1", port: int
     import uvicorn
     t0 = time.perf_counter()
     app = create_app(llm, config)
-    uv = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s,
-                        limit_concurrency=None, access_log=log_level == "debug")
+    uv = uvicorn_config(app, config, host, port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s,
+                        access_log=log_level == "debug")
     log.info("app ready in %.2fs", time.perf_counter() - t0)
     if threading.current_thread() is threading.main_thread():
         # uvicorn re-raises the signal that stopped it under the handler it found; with this one a SIGTERM that
