@@ -191,6 +191,29 @@ def test_template_environment(trained):
                                                     "{{ (messages.append)(1) }}")
 
 
+def test_template_renders_are_bounded(trained):
+    """Issue 17 item 8: a template that recurses or builds a huge string fails with a clear error (a 400 at the
+    server), not a RecursionError or an unbounded allocation; a server refuses such a model at load."""
+    tok = Tokenizer.from_pretrained(trained)
+    msgs = [{"role": "user", "content": "x"}]
+    with pytest.raises(ValueError, match="more than 8,388,608 items"):
+        tok.apply_chat_template(msgs, chat_template="{{ 'x' * 10**9 }}")
+    with pytest.raises(ValueError, match="power above 64"):
+        tok.apply_chat_template(msgs, chat_template="{{ 10 ** 100000 }}")
+    with pytest.raises(ValueError, match="renders more than 8,388,608 characters"):
+        tok.apply_chat_template(msgs, chat_template="{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}")
+    with pytest.raises(ValueError, match="recurses too deeply"):
+        tok.apply_chat_template(msgs, chat_template="{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
+    assert tok.apply_chat_template(msgs, chat_template="{{ 'ab' * 3 }}{{ 2 ** 10 }}") == "ababab1024"
+    import nanoseek
+    from nanoseek.serve import create_app
+    tok.chat_template = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"
+    llm = nanoseek.LLM(nanoseek.Transformer(nanoseek.ModelConfig.preset("tiny").replace(vocab_size=tok.vocab_size)),
+                       tokenizer=tok, max_model_len=64)
+    with pytest.raises(ValueError, match="chat template cannot render a one-message conversation"):
+        create_app(llm)
+
+
 def test_message_errors(trained):
     tok = Tokenizer.from_pretrained(trained)
     cases = [

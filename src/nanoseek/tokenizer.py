@@ -126,6 +126,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ Jinja rendering
+# The most characters a chat template may render (and the largest value it may build with `*`): a template that
+# recurses or builds a huge string fails with a clear error instead of taking the server's CPU and memory.
+MAX_TEMPLATE_CHARS = 8 << 20
+
+
 def _compile_template(source: str):
     """A sandboxed Jinja environment with the semantics transformers gives chat templates: trim_blocks and
     lstrip_blocks, loop controls, a `{% generation %}` block (rendered as its body), `raise_exception`,
@@ -168,8 +173,23 @@ def _compile_template(source: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """`*` and `**` cannot build values past the output limit (`'x' * 10**9` is one operation, so bounding the
+        rendered text alone would come too late)."""
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_TEMPLATE_CHARS:
+                        raise jinja2.exceptions.SecurityError(
+                            f"chat template builds a value of more than {MAX_TEMPLATE_CHARS:,} items")
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+                raise jinja2.exceptions.SecurityError("chat template raises to a power above 64")
+            return super().call_binop(context, operator, left, right)
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                             extensions=[GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt),
                        namespace=Namespace)
@@ -416,9 +436,17 @@ class Tokenizer:
                      if getattr(self, k) is not None}
         variables.update(_plain(kwargs, "chat template variables"))
         try:
-            text = self._compiled[source].render(
-                messages=msgs, tools=_plain(tools, "tools"), documents=_plain(documents, "documents"),
-                add_generation_prompt=add_generation_prompt, **variables)
+            parts, size = [], 0
+            for part in self._compiled[source].generate(
+                    messages=msgs, tools=_plain(tools, "tools"), documents=_plain(documents, "documents"),
+                    add_generation_prompt=add_generation_prompt, **variables):
+                size += len(part)
+                if size > MAX_TEMPLATE_CHARS:
+                    raise ValueError(f"chat template failed: it renders more than {MAX_TEMPLATE_CHARS:,} characters")
+                parts.append(part)
+            text = "".join(parts)
+        except RecursionError:
+            raise ValueError("chat template failed: it recurses too deeply") from None
         except jinja2.exceptions.TemplateError as e:
             raise ValueError(f"chat template failed: {e}") from None
         except (TypeError, KeyError, AttributeError) as e:

@@ -233,6 +233,12 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
     cfg = config or ServeConfig()
     engine = llm.engine
     tok = engine.tokenizer
+    if tok is not None and getattr(tok, "chat_template", None):
+        try:  # a template that fails on the simplest conversation would fail every request: refuse the model now
+            tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
+        except ValueError as e:
+            raise ValueError(f"the model's chat template cannot render a one-message conversation ({e}); fix its "
+                             "tokenizer_config.json or chat_template.jinja") from None
     metrics = Metrics(cfg.served_model_name)
     worker = EngineWorker(engine, metrics, max_queue=cfg.max_queue)
     created = now()
