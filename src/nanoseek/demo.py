@@ -25,7 +25,7 @@ TASK, LEVELS = "arithmetic", [1, 2, 3]
 # SFT on worked solutions (the cold start): 600 steps of 32 x 128 tokens over 4,000 problems
 SFT: dict[str, Any] = dict(max_steps=600, seq_len=128, batch_size=32, lr=2e-3, task_examples=4000)
 DISTILL_PROMPTS = 2000  # teacher prompts (2 samples each at temperature 0.6; verified-correct ones kept)
-GRPO: dict[str, Any] = dict(max_steps=120, num_prompts=32, num_generations=8, lr=1e-4, warmup_steps=5,
+GRPO: dict[str, Any] = dict(max_steps=40, num_prompts=32, num_generations=8, lr=1e-4, warmup_steps=5,
                             dynamic_sampling=True, curriculum=True)
 MAX_TOKENS = 96  # completion budget of rollouts and evaluations (the longest worked solution is ~60 tokens)
 
