@@ -86,6 +86,35 @@ def test_resume_is_exact(tmp_path, prepared):
     assert again["step"] == 8 and again["val_loss"] == pytest.approx(full["val_loss"], rel=1e-6)
 
 
+def test_resume_falls_back_past_a_truncated_checkpoint_and_cleans_leftovers(tmp_path, prepared):
+    """Issue 17 item 11: a truncated newest checkpoint is reported and the previous kept one is used; temporary
+    files of interrupted checkpoint writes and export directories of dead writers are removed."""
+    from nanoseek.checkpoint import save_pretrained
+    full = make(cfg_for(tmp_path / "a"), prepared).fit()
+    run = tmp_path / "b"
+    make(cfg_for(run), prepared).fit()  # checkpoints at steps 6 and 8 are kept
+    newest = run / "checkpoints" / "step_0000008.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    leftover = run / "checkpoints" / "step_0000009.pt.tmp.4242"
+    leftover.write_bytes(b"partial")
+    logs: list[str] = []
+    t = Trainer(cfg_for(run, resume=True), data_for(cfg_for(run), prepared), DistEnv(), log=logs.append)
+    out = t.fit()
+    assert any("unreadable" in line and "falling back" in line for line in logs), logs
+    assert any("step_0000006.pt at step 6" in line for line in logs) and out["step"] == 8
+    assert out["val_loss"] == pytest.approx(full["val_loss"], rel=1e-6)  # steps 7-8 redone exactly
+    assert not leftover.exists()
+    dead = tmp_path / ".model.tmp-999999999-abc"  # no such process
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"half")
+    save_pretrained(t.model, tmp_path / "model")
+    assert not dead.exists() and (tmp_path / "model" / "config.json").exists()
+    for p in (run / "checkpoints").glob("step_*.pt"):
+        p.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="no readable checkpoint"):
+        make(cfg_for(run, resume=True), prepared).fit()
+
+
 def test_gradient_accumulation_matches_big_batch(tmp_path, prepared):
     make(cfg_for(tmp_path / "a", "--max_steps", "3", "--batch_size", "8"), prepared).fit()
     make(cfg_for(tmp_path / "b", "--max_steps", "3", "--batch_size", "2", "--global_batch_size", "8"), prepared).fit()

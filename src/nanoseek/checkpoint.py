@@ -465,6 +465,21 @@ def _not_weights(name: str) -> bool:
     return name != CONFIG_NAME and not _WEIGHT_FILE.fullmatch(name)
 
 
+def _remove_dead_leftovers(path: Path) -> None:
+    """Temporary siblings (`.NAME.tmp-PID-*`) that a killed writer left behind: removed when that process is gone
+    (a live one may still be writing)."""
+    for p in path.parent.glob(f".{path.name}.tmp-*"):
+        m = re.match(rf"\.{re.escape(path.name)}\.tmp-(\d+)-", p.name)
+        if not m or not p.is_dir():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (PermissionError, OverflowError):  # alive (someone else's), or not a PID
+            pass
+
+
 def _atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None], carry_from: Path | None = None) -> Path:
     """Build the directory in a temporary sibling, fsync it, then rename it into place. An existing directory is
     replaced (its non-weight files, e.g. the tokenizer, are carried over); a crash at any point leaves either the
@@ -473,7 +488,8 @@ def _atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None], carry_fro
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _remove_dead_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     old: Path | None = None
     try:
         fill(tmp)

@@ -517,10 +517,9 @@ class GRPOTrainer:
                                                      "config": self.cfg.to_dict()}, self.cfg.keep_checkpoints)
 
     def resume(self) -> bool:
-        found = state.checkpoints(self.ckpt_dir)
-        if not found:
+        ckpt = state.load_latest(self.ckpt_dir, self.log)
+        if ckpt is None:
             return False
-        ckpt = state.load(found[-1][1])
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if "prompts" in ckpt:
@@ -528,7 +527,7 @@ class GRPOTrainer:
         state.set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
         state.truncate_log(self.metrics_path, self.step)
-        self.log(f"resumed from {found[-1][1]} at step {self.step}")
+        self.log(f"resumed from {ckpt['_path']} at step {self.step}")
         return True
 
     def _write(self, path: str, row: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ The file is read with torch.load(weights_only=True): tensors and plain container
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -91,6 +92,36 @@ def load(path: str) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+
+
+def clean_leftovers(ckpt_dir: str) -> list[str]:
+    """Remove the temporary files of checkpoint writes a kill interrupted (`step_*.pt.tmp.PID`); returns them."""
+    gone = []
+    for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt.tmp.*")):
+        with contextlib.suppress(OSError):
+            os.remove(p)
+            gone.append(p)
+    return gone
+
+
+def load_latest(ckpt_dir: str, log: Any = print) -> dict[str, Any] | None:
+    """The newest readable checkpoint (None when there is none). A newest one that cannot be read (truncated by a
+    failing disk, say) is reported and the previous kept one is used; an error only when none can be read."""
+    clean_leftovers(ckpt_dir)
+    found = checkpoints(ckpt_dir)
+    errors = []
+    for step, path in reversed(found):
+        try:
+            ckpt = load(path)
+        except ValueError as e:
+            errors.append(str(e))
+            log(f"resume: {e}; falling back to the previous checkpoint")
+            continue
+        ckpt["_path"] = path
+        return ckpt
+    if errors:
+        raise ValueError("no readable checkpoint in " + ckpt_dir + ": " + "; ".join(errors))
+    return None
 
 
 def truncate_log(path: str, step: int) -> int:

@@ -127,18 +127,17 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        found = state.checkpoints(self.ckpt_dir)
-        if not found:
+        ckpt = state.load_latest(self.ckpt_dir, self.log)
+        if ckpt is None:
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        ckpt = state.load(found[-1][1])
         set_state_dict(self.objective, self.optimizer, model_state_dict=ckpt["model"],
                        optim_state_dict=ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
         state.set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
         if self.env.is_main:
             state.truncate_log(self.metrics_path, self.step)
-        self.log(f"resumed from {found[-1][1]} at step {self.step}")
+        self.log(f"resumed from {ckpt['_path']} at step {self.step}")
         return True
 
     # ------------------------------------------------------------------ steps
