@@ -160,6 +160,12 @@ class _BrowserGuard:
         await send({"type": "http.response.body", "body": body})
 
 
+def _json_body(model: Any) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route whose handler parses `model` from the JSON body itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
 def _load_page() -> str:
     return resources.files("nanoseek.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -257,7 +263,26 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         finally:
             await asyncio.to_thread(worker.shutdown, cfg.drain_timeout_s)
 
-    app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's spec of the routes, with the request bodies (the handlers parse them themselves, so FastAPI
+        cannot see them) from the pydantic models, for clients and API fuzzers."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+            spec = get_openapi(title="nanoseek", version="1", routes=app.routes,
+                               description="OpenAI/DeepSeek-compatible API of a nanoseek model")
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatCompletionRequest, CompletionRequest):
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(js.pop("$defs", {}))
+                schemas[model.__name__] = js
+            if cfg.api_key:
+                spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                spec["security"] = [{"bearer": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.worker = worker
     app.state.metrics = metrics
     app.state.config = cfg
@@ -380,7 +405,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         check_model(model)
         return JSONResponse(model_card(cfg.served_model_name, created, engine.max_model_len))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_json_body(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         check_auth(request)
         req = parse(ChatCompletionRequest, await read_json(request, cfg.max_body_bytes, cfg.read_timeout_s))
@@ -415,7 +440,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
             return _Stream(h.chat_stream(j), handle)
         return await finish(request, j, req.n, h.chat_response)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_json_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         check_auth(request)
         req = parse(CompletionRequest, await read_json(request, cfg.max_body_bytes, cfg.read_timeout_s))
