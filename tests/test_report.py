@@ -72,7 +72,9 @@ def test_tiny_preset_is_measured(tmp_path, one_thread):
     assert [d["batch"] for d in m["decode"]] == [1, 2] and all(d["decode_tokens_per_s"] > 0 for d in m["decode"])
     assert m["decode"][0]["kv_cache_bytes_per_token"] > 0
     spec = m["speculative"]
-    assert spec["draft_tokens"] > 0 and 0 <= spec["acceptance_rate"] <= 1 and not m["trained_weights"]
+    assert not m["trained_weights"] and spec["draft_tokens"] > 0
+    assert 0 <= spec["accepted_tokens"] <= spec["draft_tokens"]
+    assert spec["acceptance_rate"] == spec["accepted_tokens"] / spec["draft_tokens"]  # the engine's own counters
     assert "untrained weights" in rep["markdown"] and "training MFU" in rep["markdown"]
     _pngs_ok(rep, "params.png", "kv_cache.png", "flops.png", "throughput.png", "expert_load_measured.png")
 
