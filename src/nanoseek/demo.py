@@ -47,8 +47,9 @@ def _append_recipe(report_md: Path, results: dict[str, Any], root: Path) -> None
     for name in ("pretrain", "sft", "grpo", "distill"):
         acc = results.get(name, {}).get("accuracy")
         if isinstance(acc, dict) and "accuracy" in acc:
-            ci = acc.get("ci95") or ["-", "-"]
-            lines.append(f"| {name} | {acc['accuracy']:.3f} | {ci[0]}-{ci[1]} | {acc['examples']} |")
+            ci = acc.get("ci95")
+            ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+            lines.append(f"| {name} | {acc['accuracy']:.3f} | {ci_text} | {acc['examples']} |")
     ic = results.get("eval", {}).get("inference_compute")
     if ic:
         from .evaluate import scaling

@@ -111,7 +111,7 @@ def inference_compute_chart(result: dict[str, Any], path: str | os.PathLike) -> 
     ax1.set_ylabel("accuracy")
     ax1.set_ylim(0, 1)
     ax1.grid(True, alpha=0.3)
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="upper left", fontsize=8)
     ax1.set_title("more samples")
     budgets = b["max_thinking_tokens"]
     finite = [t for t in budgets if t is not None]
@@ -125,7 +125,7 @@ def inference_compute_chart(result: dict[str, Any], path: str | os.PathLike) -> 
     ax2.set_xlabel("max_thinking_tokens (greedy)")
     ax2.set_ylim(0, 1)
     ax2.grid(True, alpha=0.3)
-    ax2.legend(loc="lower right", fontsize=8)
+    ax2.legend(loc="upper left", fontsize=8)
     ax2.set_title("longer thinking")
     fig.suptitle(f"inference-time compute: {result['task']}, {s['examples']} held-out problems")
     out = Path(path)
