@@ -181,12 +181,12 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         from .train.grpo_config import build
         if latest is None:
             raise ValueError("demo: GRPO needs a trained model (do not skip pretrain and sft on a fresh --out)")
-        cfg = build(None, common, model=str(latest), task=TASK, levels=",".join(map(str, LEVELS)),
-                    run_dir=str(d), resume=True, max_steps=_steps(GRPO["max_steps"], scale),
-                    max_completion_length=MAX_TOKENS, eval_prompts=eval_limit,
-                    **{k: v for k, v in GRPO.items() if k != "max_steps"})
+        settings = {**GRPO, "max_steps": _steps(GRPO["max_steps"], scale)}
         if scale < 1:  # a smoke run: fewer prompts per step too
-            cfg.num_prompts = max(2, round(cfg.num_prompts * scale))
+            settings["num_prompts"] = max(2, round(GRPO["num_prompts"] * scale))
+        cfg = build(None, common, model=str(latest), task=TASK, levels=",".join(map(str, LEVELS)),
+                    run_dir=str(d), resume=True, max_completion_length=MAX_TOKENS, eval_prompts=eval_limit,
+                    **settings)
         s = grpo_mod.run(cfg, log=log)
         return {k: v for k, v in s.items() if isinstance(v, (int, float, str))} | {
             "accuracy": _evaluate(d / "model", eval_limit, log)}
@@ -234,6 +234,9 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         shutil.copytree(latest, tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+    gain = grpo_gain(results)
+    if gain is not None:
+        results["grpo_gain"] = gain
     summary_path = root / "summary.json"
     summary_path.write_text(json.dumps(results, indent=2, default=str))
     log(f"\ndemo finished in {time.time() - t0:.0f}s; results in {summary_path}")
@@ -242,11 +245,8 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         if isinstance(acc, dict) and "accuracy" in acc:
             what = "student distilled from the GRPO model" if name == "distill" else f"after {name}"
             log(f"  {what:10s}: {TASK} greedy accuracy {_fmt_acc(acc)}")
-    gain = grpo_gain(results)
     if gain is not None:
-        results["grpo_gain"] = gain
         log(f"  GRPO gain over SFT: {gain:+.3f} (the same {results['grpo']['accuracy']['examples']} problems)")
-    summary_path.write_text(json.dumps(results, indent=2, default=str))
     if latest is not None:
         log(f"\nchat with it:   nanoseek chat {final}\nserve it:       nanoseek serve {final} --port 8000\n"
             f"generate:       nanoseek generate {final} --prompt \"What is 3+4?\"")

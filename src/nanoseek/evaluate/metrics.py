@@ -14,8 +14,8 @@ With n ≥ k samples we vote over the first k: the samples are i.i.d., so that i
 The 95% confidence interval of an accuracy over problems: with one sample per problem (greedy), the Wilson score
 interval of c successes in n Bernoulli trials (z = 1.96),
     (p̂ + z²/2n ± z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n),
-which stays inside [0, 1] and keeps its coverage near 0 and 1 where p̂ ± z·sqrt(p̂(1−p̂)/n) does not; with several
-samples per problem, the normal interval of the mean of the per-problem fractions (their sample standard deviation).
+which stays inside [0, 1] and keeps its coverage near 0 and 1 where the plain p̂ ± z·sqrt(p̂(1−p̂)/n) does not; with
+several samples per problem, the normal interval of the mean of the per-problem fractions (their sample standard deviation).
 It measures the uncertainty from the finite set of problems, for a fixed model.
 
 Bits per byte normalises the negative log-likelihood by the text's UTF-8 bytes instead of its tokens, so models

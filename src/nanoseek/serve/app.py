@@ -143,13 +143,13 @@ class _BrowserGuard:
         if host and not self._host_ok(host):
             reason = (f"Host {host!r} is not allowed (DNS rebinding protection); start the server with "
                       "--allowed-hosts to accept it")
-        elif origin is not None and origin.lower() != "null" and "*" not in self.origins:
-            same = origin.split("://", 1)[-1].rstrip("/").lower() == host.lower()
-            if not same and origin.rstrip("/").lower() not in self.origins:
+        elif origin is not None and "*" not in self.origins:
+            o = origin.rstrip("/").lower()
+            if o == "null":
+                reason = "requests from an opaque origin (Origin: null) are not allowed"
+            elif o.split("://", 1)[-1] != host.lower() and o not in self.origins:  # neither same-origin nor allowed
                 reason = (f"cross-origin requests from {origin!r} are not allowed; start the server with "
                           "--allowed-origins to accept them")
-        elif origin is not None and origin.lower() == "null" and "*" not in self.origins:
-            reason = "requests from an opaque origin (Origin: null) are not allowed"
         if reason is None:
             await self.app(scope, receive, send)
             return

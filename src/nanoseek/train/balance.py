@@ -91,6 +91,7 @@ class LoadBalancer:
                 if self.gamma > 0 and moe.gate.bias is not None:
                     moe.gate.bias -= self.gamma * torch.sign(load - mean).to(moe.gate.bias)
             self.load[name] = torch.zeros_like(load)
+        self.token_mask = None  # a mask belongs to the forwards of one step
         return stats
 
     def remove(self) -> None:

@@ -62,7 +62,8 @@ class LevelCurriculum:
     """A prompt curriculum at the model's frontier over a task's difficulty levels.
 
     Each level keeps a running estimate p_l of the policy's accuracy on it (an exponential moving average, over
-    steps, of the mean accuracy of the level's groups in the step's rollouts; 0.5 before any). A prompt's level is drawn with weight
+    steps, of the mean accuracy of the level's groups in the step's rollouts; 0.5 before any). A prompt's level is
+    drawn with weight
         w_l = max(1 − p_l^G − (1 − p_l)^G, floor),
     the probability that a group of G samples at accuracy p_l holds both a right and a wrong answer (an informative
     group: GRPO learns nothing from a group whose rewards are all equal). Levels the model always or never solves
@@ -101,6 +102,7 @@ class Prompts:
         self.task = None
         self.rows: list[dict[str, Any]] = []
         self.cursor = 0  # prompts drawn so far
+        self._drawn: dict[int, int] = {}  # examples taken from each level's stream (task prompts)
         self.curriculum: LevelCurriculum | None = None
         if cfg.task:
             from .. import tasks
@@ -108,7 +110,7 @@ class Prompts:
             self.levels = cfg.level_list() or list(range(1, self.task.num_levels + 1))
             self._streams = {lv: self.task.iter_examples(split="train", level=lv, seed=f"grpo-{cfg.seed}")
                              for lv in self.levels}
-            self._drawn = {lv: 0 for lv in self.levels}  # examples taken from each level's stream
+            self._drawn = {lv: 0 for lv in self.levels}
             if cfg.curriculum:
                 self.curriculum = LevelCurriculum(self.levels, cfg.num_generations)
         else:
@@ -144,7 +146,7 @@ class Prompts:
         return [self.task.examples(1, split="train", level=lv)[0] for lv in self.levels]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cursor": self.cursor, "drawn": {str(k): v for k, v in getattr(self, "_drawn", {}).items()},
+        return {"cursor": self.cursor, "drawn": {str(k): v for k, v in self._drawn.items()},
                 "curriculum": self.curriculum.state_dict() if self.curriculum else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -364,13 +366,21 @@ class GRPOTrainer:
                                 for i, t in enumerate(texts)])
         return texts, per_fn, total, correct
 
+    def group_rewards(self, per_fn: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards with skipped completions, those whose every reward is None, replaced by their group's mean so that
+        their advantage is ~0; the skipped mask). The same filled rewards decide which groups have zero spread."""
+        G = self.cfg.num_generations
+        skipped = per_fn.isnan().all(dim=1)
+        grouped = total.masked_fill(skipped, float("nan")).view(-1, G)
+        fill = grouped.nanmean(dim=1, keepdim=True).nan_to_num(0.0).expand_as(grouped)
+        return torch.where(grouped.isnan(), fill, grouped).flatten(), skipped
+
     def sample_groups(self) -> dict[str, Any]:
         """Rollouts for one step: `num_prompts` groups of G. With dynamic sampling (DAPO), groups whose rewards are all
         equal are dropped (no advantage, no gradient) and more prompts are drawn, up to `max_sampling_rounds`
         rounds, until `num_prompts` informative groups are collected; the curriculum sees every group."""
         cfg, G = self.cfg, self.cfg.num_generations
-        keep: dict[str, list[Any]] = {k: [] for k in ("rows", "prompts", "prefills", "rolls", "texts", "per_fn",
-                                                      "total", "correct")}
+        keep: dict[str, list[Any]] = {k: [] for k in ("rows", "prompts", "rolls", "texts", "per_fn", "total")}
         sampled = dropped = rounds = 0
         all_correct: list[torch.Tensor] = []
         all_zero: list[torch.Tensor] = []
@@ -384,9 +394,7 @@ class GRPOTrainer:
             rows = self.prompts.draw(need)
             prompts, prefills, rolls = self.rollout(rows, seed_base)
             texts, per_fn, total, correct = self._score(rows, prefills, rolls)
-            skipped = per_fn.isnan().all(dim=1)
-            zero = torch.tensor([total[g * G:(g + 1) * G][~skipped[g * G:(g + 1) * G]].unique().numel() <= 1
-                                 for g in range(len(rows))])
+            _, zero = group_advantages(self.group_rewards(per_fn, total)[0], G, cfg.scale_rewards)
             rounds += 1
             sampled += len(rows)
             all_correct.append(correct)
@@ -400,15 +408,15 @@ class GRPOTrainer:
                     continue
                 sl = slice(g * G, (g + 1) * G)
                 keep["rows"].append(row)
-                for k, v in (("prompts", prompts), ("prefills", prefills), ("rolls", rolls), ("texts", texts)):
+                for k, v in (("prompts", prompts), ("rolls", rolls), ("texts", texts)):
                     keep[k] += v[sl]
-                for k, v in (("per_fn", per_fn), ("total", total), ("correct", correct)):
+                for k, v in (("per_fn", per_fn), ("total", total)):
                     keep[k].append(v[sl])
         if self.prompts.curriculum is not None:  # one update per level and step: the mean over its groups
             for lv, accs in level_acc.items():
                 self.prompts.curriculum.update(lv, sum(accs) / len(accs))
-        out = {k: keep[k] for k in ("rows", "prompts", "prefills", "rolls", "texts")}
-        for k in ("per_fn", "total", "correct"):
+        out = {k: keep[k] for k in ("rows", "prompts", "rolls", "texts")}
+        for k in ("per_fn", "total"):
             out[k] = torch.cat(keep[k]) if keep[k] else torch.zeros((0, len(self.rewards.fns)) if k == "per_fn" else 0)
         out.update(groups_sampled=sampled, groups_dropped=dropped, sampling_rounds=rounds,
                    sampled_correct=torch.cat(all_correct), frac_zero_std=float(torch.cat(all_zero).float().mean()))
@@ -432,11 +440,7 @@ class GRPOTrainer:
         lr = lr_at(self.step, cfg.max_steps, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio)
         grad_norm = torch.tensor(0.0)
         if rows:
-            skipped = per_fn.isnan().all(dim=1)
-            # skipped completions take their group's mean (advantage ~0) and leave the loss
-            grouped = total.masked_fill(skipped, float("nan")).view(-1, G)
-            fill = grouped.nanmean(dim=1, keepdim=True).nan_to_num(0.0).expand_as(grouped)
-            filled = torch.where(grouped.isnan(), fill, grouped).flatten()
+            filled, skipped = self.group_rewards(per_fn, total)  # skipped completions also leave the loss
             adv, _ = group_advantages(filled, G, cfg.scale_rewards)
             truncated = torch.tensor([r.truncated for r in rolls])
             keep = ~skipped & ~(truncated if cfg.mask_truncated_completions else torch.zeros_like(truncated))
@@ -479,7 +483,6 @@ class GRPOTrainer:
                                         f"{self.ckpt_dir} is intact (lower --lr)")
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            self.balancer.begin_forward(1)
             load = self.balancer.step()
             if load:
                 m["load"] = {k: round(v["max_over_mean"], 4) for k, v in load.items()}

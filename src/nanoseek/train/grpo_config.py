@@ -64,7 +64,7 @@ class GRPOConfig:
     dtype: str = "auto"
     seed: int = 0
     threads: int | None = None
-    eval_prompts: int = 500  # distinct held-out test problems for greedy accuracy at the start, every eval_every, the end
+    eval_prompts: int = 500  # distinct held-out test problems: greedy accuracy at the start, every eval_every, the end
     eval_every: int = 0
     run_dir: str = "runs/grpo"
     ckpt_every: int = 50

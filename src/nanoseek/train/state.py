@@ -110,7 +110,7 @@ def load_latest(ckpt_dir: str, log: Any = print) -> dict[str, Any] | None:
     clean_leftovers(ckpt_dir)
     found = checkpoints(ckpt_dir)
     errors = []
-    for step, path in reversed(found):
+    for _, path in reversed(found):
         try:
             ckpt = load(path)
         except ValueError as e:
