@@ -383,6 +383,21 @@ def test_cross_site_browser_requests_and_rebinding_hosts_are_refused(base, clien
     _healthy(base, client)
 
 
+def _read_response(sock: socket.socket) -> str:
+    """One whole HTTP response from a raw socket (headers and body may arrive in separate segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def test_a_stalled_body_times_out_and_connections_are_capped(model_dir):
     """Issue 17 item 4: a client that sends its headers and then stalls its body gets a 408 after read_timeout_s
     (others are served meanwhile); a request arriving while max_connections connections are open gets 503 from
@@ -394,7 +409,7 @@ def test_a_stalled_body_times_out_and_connections_are_capped(model_dir):
                         KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo")
         ok = _post(base, json.dumps({"model": NAME, "messages": USER, "max_tokens": 1}))
         assert ok.status_code == 200  # served while the other body stalls
-        reply = stalled.recv(4096).decode()
+        reply = _read_response(stalled)
         assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
         stalled.close()
         held = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3)]  # idle (slowloris)
