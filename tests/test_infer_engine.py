@@ -288,3 +288,103 @@ def test_engine_absorbed_attention_equals_the_model_absorbed_path(model):
         want = attn.absorbed(q_nope, q_pe, kv[..., :cfg.kv_lora_rank], kv[..., cfg.kv_lora_rank:], mask)
         got = absorbed_attention(attn, q_nope, q_pe, kv, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 17 item 1
+def run_to_end(engine) -> dict:
+    """Step until every request is finished; the final RequestOutput of each."""
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out
+    return done
+
+
+def test_a_failure_in_one_requests_sampling_ends_it_alone(model, prompts, expected, monkeypatch):
+    """Issue 17 item 1: the logprobs of one request raise inside the batched sampling, after the seeded rows drew
+    their noise. That request alone ends with finish_reason "error" and the message; the greedy requests give the
+    tokens of a clean run, the seeded one the tokens it gives alone (its generator rewound), every block comes back
+    and the engine keeps serving."""
+    import nanoseek.infer.engine as engine_mod
+    seeded = SamplingParams(temperature=0.8, top_k=50, max_tokens=8, seed=7, ignore_eos=True)
+    alone = LLM(model).generate([prompts[0]], seeded)[0].outputs[0].token_ids
+    real = engine_mod.top_logprobs
+
+    def top_logprobs(logits, tokens, k):
+        if k == 3:  # only the bad request asks for 3
+            raise RuntimeError("injected logprobs fault")
+        return real(logits, tokens, k)
+    monkeypatch.setattr(engine_mod, "top_logprobs", top_logprobs)
+    engine = LLM(model).engine
+    good = [engine.add_request(p, GREEDY) for p in prompts]
+    lucky = engine.add_request(prompts[0], seeded)
+    bad = engine.add_request(prompts[1], GREEDY.clone(logprobs=3))
+    done = run_to_end(engine)
+    assert done[bad].finished and done[bad].outputs[0].finish_reason == "error"
+    assert "RuntimeError: injected logprobs fault" in done[bad].error
+    assert [done[r].outputs[0].token_ids for r in good] == expected
+    assert all(done[r].error is None and done[r].outputs[0].finish_reason == "length" for r in good)
+    assert done[lucky].outputs[0].token_ids == alone
+    assert engine.cache.pool.num_free == engine.cache.num_blocks and not engine.requests
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+    monkeypatch.setattr(engine_mod, "top_logprobs", real)
+    again = engine.add_request(prompts[1], GREEDY.clone(logprobs=3))
+    assert run_to_end(engine)[again].outputs[0].token_ids == expected[1]
+
+
+@pytest.mark.parametrize("speculative", [0, 1])
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_a_failing_stop_check_of_one_sample_ends_its_request_alone(model, prompts, expected, speculative, fail_at):
+    """The stop-string check of the second sample of an n=2 request raises at its first token (in the step that
+    forks it from the leader's prompt blocks) or its third: the request ends with "error" (both samples, the blocks
+    they shared freed) while the others finish as in a clean run, with MTP drafts too. The prompt blocks it had put in the
+    prefix cache stay correct: the same prompt again gives the clean tokens."""
+    llm = LLM(model, block_size=4, speculative=speculative)
+    engine = llm.engine
+    good = [engine.add_request(p, GREEDY) for p in prompts]
+    bad = engine.add_request(prompts[2], SamplingParams(n=2, temperature=0, max_tokens=8, ignore_eos=True))
+    detok = engine._inbox[-1].outputs[1].detok
+    real_add, calls = detok.add, [0]
+
+    def add(token, check_stop=True):
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise ValueError("injected stop-string fault")
+        return real_add(token, check_stop)
+    detok.add = add
+    done = run_to_end(engine)
+    assert [c.finish_reason for c in done[bad].outputs] == ["error", "error"]
+    assert done[bad].error == "ValueError: injected stop-string fault"
+    assert [done[r].outputs[0].token_ids for r in good] == expected
+    assert engine.cache.pool.num_free == engine.cache.num_blocks
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+    out = llm.generate([prompts[2]], SamplingParams(n=2, temperature=0, max_tokens=8, ignore_eos=True))[0]
+    assert [c.token_ids for c in out.outputs] == [expected[2]] * 2 and out.metrics.num_cached_tokens > 0
+
+
+def test_a_failure_building_one_requests_output_ends_it_alone(model, prompts, expected):
+    """Its text raises when the step's outputs are built (after the tokens were appended): it alone ends, reported
+    once with the error; the others stream on unchanged."""
+    engine = LLM(model).engine
+    good = [engine.add_request(p, GREEDY.clone(output_kind="delta")) for p in prompts]
+    bad = engine.add_request(prompts[0], GREEDY.clone(output_kind="delta"))
+    detok = engine._inbox[-1].outputs[0].detok
+    real_delta, calls = detok.delta, [0]
+
+    def delta(final):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
+        return real_delta(final)
+    detok.delta = delta
+    got = {r: [] for r in good + [bad]}
+    errors = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            got[out.request_id] += out.outputs[0].token_ids if out.outputs else []
+            if out.error is not None:
+                errors.append((out.request_id, out.finished, out.outputs[0].finish_reason))
+    assert errors == [(bad, True, "error")]
+    assert [got[r] for r in good] == expected and len(got[bad]) == 1
+    assert engine.cache.pool.num_free == engine.cache.num_blocks

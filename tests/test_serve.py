@@ -479,6 +479,70 @@ def test_an_engine_failure_is_a_500_in_openai_shape_and_the_server_recovers(base
     _healthy(base, client)
 
 
+def test_a_request_failing_alone_gets_an_error_and_the_others_are_served(base, client, app, monkeypatch):
+    """Issue 17 item 1: a fault in one request's own work (here its stop check, after its second token) ends that
+    request alone: 500 in OpenAI's shape, or an error event then [DONE] mid-stream, while the requests running
+    beside it get what they get alone. Seven such failures do not count as failed steps: the server keeps serving.
+    A completions request whose second prompt fails stops its first one too."""
+    import nanoseek.infer.engine as engine_mod
+    worker, engine = app.state.worker, app.state.worker.engine
+    prompts = [f"The fox {i} jumps" for i in range(4)]
+
+    def one(p: str, stream: bool) -> str:
+        kw = dict(model=NAME, prompt=p, max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+        if stream:
+            return "".join(c.choices[0].text for c in client.completions.create(stream=True, **kw))
+        return client.completions.create(**kw).choices[0].text
+
+    alone = [one(p, False) for p in prompts]
+    real = engine_mod.append_tokens
+
+    def append_tokens(seq, toks, *args):
+        if "POISON" in (seq.request.prompt or "") and len(seq.state.token_ids) >= 2:
+            raise RuntimeError("injected per-request fault")
+        return real(seq, toks, *args)
+    monkeypatch.setattr(engine_mod, "append_tokens", append_tokens)
+
+    def bad(i: int) -> BaseException | None:
+        try:
+            one(f"POISON {i}", stream=i % 2 == 1)
+        except openai.APIError as e:
+            return e
+        return None
+
+    with ThreadPoolExecutor(10) as pool:
+        good = [pool.submit(one, p, i % 2 == 1) for i, p in enumerate(prompts)]
+        failing = [pool.submit(bad, i) for i in range(6)]
+        assert [f.result() for f in good] == alone
+        errors = [f.result() for f in failing]
+    for i, e in enumerate(errors):
+        assert isinstance(e, openai.APIError) and "injected per-request fault" in str(e), e
+        if i % 2 == 0:  # whole: a 500 in OpenAI's shape
+            assert isinstance(e, openai.InternalServerError) and e.status_code == 500
+            assert e.body["code"] == "engine_error" and e.body["type"] == "server_error"
+    # the raw stream: some text, then one error event, then [DONE]
+    body = json.dumps({"model": NAME, "prompt": "POISON raw", "max_tokens": 6, "temperature": 0,
+                       "ignore_eos": True, "stream": True})
+    resp = _post(base, body, path="/v1/completions")
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert resp.status_code == 200 and events[-1] == "data: [DONE]"
+    err = json.loads(events[-2][len("data: "):])["error"]
+    assert "injected per-request fault" in err["message"] and err["code"] == "engine_error"
+    assert not any("error" in json.loads(e[len("data: "):]) for e in events[:-2])
+    _idle(app)
+    # one HTTP request, two prompts: the failing one fails it, and the other is stopped long before its 900 tokens
+    steps = engine.stats["steps"]
+    r = _post(base, json.dumps({"model": NAME, "prompt": ["Hello", "POISON again"], "max_tokens": 900,
+                                "ignore_eos": True}), path="/v1/completions")
+    _check_error(r, 500, code="engine_error", match="injected per-request fault")
+    _idle(app)
+    assert engine.stats["steps"] - steps < 600
+    assert worker.healthy and worker.error is None
+    monkeypatch.setattr(engine_mod, "append_tokens", real)
+    assert [one(p, True) for p in prompts] == alone
+    _healthy(base, client)
+
+
 # ---------------------------------------------------------------------------------------------------- load, cancel
 def test_disconnect_mid_stream_frees_the_request(base, app):
     worker, engine = app.state.worker, app.state.worker.engine

@@ -4,12 +4,16 @@ One `step()` = schedule (scheduler.py) -> one forward of the main model over eve
 -> logits only where a token is produced -> sample or verify drafts (sampling.py, spec.py) -> append tokens with
 stop checks and detokenization (detok.py) -> for n > 1, fork the finished prompt into n samples sharing its blocks
 -> with speculative decoding, one MTP pass that fills the MTP cache and drafts the next step's tokens.
+A failure in the per-sequence work of a step (sampling, logprobs, stop checks, detokenization, outputs) ends only
+the request it came from, with finish_reason "error" and RequestOutput.error; a failure of the forward itself
+still fails the step.
 `add_request` / `abort_request` may be called from other threads: they only touch a locked inbox that `step`
 drains first. Everything else runs on the thread that calls `step`.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import warnings
@@ -29,6 +33,7 @@ from .spec import MTPDrafter, verify_greedy, verify_sampled
 from .stopping import append_tokens
 
 DEFAULT_CACHE_BYTES = 1 << 30
+log = logging.getLogger("nanoseek.infer")
 
 
 def parse_speculative(speculative: Any) -> int:
@@ -65,6 +70,7 @@ class Request:
     outputs: list[OutputState]
     seqs: list[Sequence] = field(default_factory=list)
     dirty: bool = False  # has something to report after this step
+    error: str | None = None  # why the engine ended this request alone (its unfinished outputs say "error")
 
     @property
     def finished(self) -> bool:
@@ -310,30 +316,83 @@ class LLMEngine:
         rows = [r for e, seg in done for r in range(seg.row + e.num_real - 1, seg.row + seg.n)]
         old = {id(e.seq): e.seq.num_computed for e in entries}
         old_hidden = {id(e.seq): e.seq.last_hidden for e in entries}
-        results = self._sample(done, self.runner.logits(hidden[rows])) if done else []
+        failed: dict[Request, Exception] = {}  # requests ended by an error of their own in this step
+        results = self._sample_guarded(done, self.runner.logits(hidden[rows]), failed) if done else []
         children: list[Sequence] = []
         for e, seq, toks, accepted, lps in results:
-            if seq is e.seq:
-                self._advance(e, toks, accepted, lps)
-            else:  # a new sample of an n > 1 request, forked below
-                children.append(seq)
-                self._emit(seq, toks, lps)
-                seq.num_computed = len(seq.tokens) - 1
+            if seq.request in failed:
+                continue
+            try:
+                if seq is e.seq:
+                    self._advance(e, toks, accepted, lps)
+                else:  # a new sample of an n > 1 request, forked below
+                    children.append(seq)
+                    self._emit(seq, toks, lps)
+                    seq.num_computed = len(seq.tokens) - 1
+            except Exception as err:  # its stop check, detokenization or logprobs: this request alone ends
+                failed.setdefault(seq.request, err)
+        for req, err in failed.items():
+            self._fail_request(req, err)
         for e in entries:
             if not e.completes:
                 e.seq.num_computed += e.num_real
         if self.drafter is not None:
             self.drafter.run(entries, segs, hidden, old, old_hidden)
         if self.prefix_caching:
-            self._register_blocks(entries, segs, hidden, old)
+            # not the failed requests' blocks: their tokens may lag behind num_computed, so a hash could be wrong
+            ok = [(e, seg) for e, seg in zip(entries, segs) if e.seq.request not in failed]
+            self._register_blocks([e for e, _ in ok], [seg for _, seg in ok], hidden, old)
         for e in entries:
-            if e.seq.pending_fork and e.completes:
+            if e.seq.pending_fork and e.completes and e.seq.request not in failed:
                 self._fork(e.seq, [c for c in children if c.request is e.seq.request])
         for e in entries:
             if e.seq.finished:
                 self.scheduler.remove(e.seq)
+        for req in failed:  # its other samples, not scheduled in this step, free their blocks too
+            for seq in req.seqs:
+                self.scheduler.remove(seq)
+
+    def _fail_request(self, req: Request, err: Exception) -> None:
+        """End one request because of an error raised by its own work: every sample that has not finished gets
+        finish_reason "error" and the message goes to RequestOutput.error. The caller frees the blocks."""
+        log.warning("request %r failed and was ended alone", req.request_id, exc_info=err)  # the traceback
+        req.error = f"{type(err).__name__}: {err}"
+        for seq in req.seqs:
+            seq.finished = True
+            seq.pending_fork = False
+            seq.drafts, seq.draft_logp = [], None
+        for o in req.outputs:
+            if o.finish_reason is None:
+                o.finish_reason = "error"
+        if req.metrics.finished_time is None:
+            req.metrics.finished_time = time.time()
+        req.dirty = True
 
     # ------------------------------------------------------------------ sampling
+    def _sample_guarded(self, done: list[tuple[Scheduled, Segment]], logits: torch.Tensor,
+                        failed: dict[Request, Exception]
+                        ) -> list[tuple[Scheduled, Sequence, list[int], int, list[Any]]]:
+        """`_sample` over the whole batch; if that raises, each entry alone, so that only the request(s) whose own
+        rows fail end (recorded in `failed`) and every other sequence gets the tokens the batch would have given.
+        Seeded generators are rewound first: the failed attempt may have drawn from them."""
+        gens = [(e.seq.generator, e.seq.generator.get_state()) for e, _ in done
+                if e.seq.generator is not None and not e.seq.request.params.greedy]
+        try:
+            return self._sample(done, logits)
+        except Exception:
+            for g, state in gens:
+                g.set_state(state)
+        results, r = [], 0
+        for e, seg in done:
+            n = 1 + len(e.drafts)  # this entry's logits rows, as `_execute` laid them out
+            if e.seq.request not in failed:
+                try:
+                    results += self._sample([(e, seg)], logits[r:r + n])
+                except Exception as err:
+                    failed.setdefault(e.seq.request, err)
+            r += n
+        return [res for res in results if res[1].request not in failed]
+
     def _sample(self, done: list[tuple[Scheduled, Segment]], logits: torch.Tensor
                 ) -> list[tuple[Scheduled, Sequence, list[int], int, list[Any]]]:
         """Returns per produced sample: (entry, sequence, tokens emitted, drafts accepted, logprob entries)."""
@@ -464,9 +523,15 @@ class LLMEngine:
             if not req.dirty:
                 continue
             req.dirty = False
+            try:
+                out = build_output(req)
+            except Exception as err:  # its text could not be built: this request alone ends
+                self._fail_request(req, err)
+                for seq in req.seqs:
+                    self.scheduler.remove(seq)
+                out = build_output(req)  # an error output touches no detokenizer
             if req.finished:
                 del self.requests[rid]
-            out = build_output(req)
             if out is not None:
                 outs.append(out)
         return outs

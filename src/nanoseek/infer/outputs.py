@@ -19,7 +19,7 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None = None
     logprobs: list[dict[int, Logprob]] | None = None
-    finish_reason: str | None = None  # "stop" (EOS, stop token or stop string), "length", "abort"
+    finish_reason: str | None = None  # "stop" (EOS, stop token or stop string), "length", "abort", "error"
     stop_reason: int | str | None = None  # the stop string or stop token id that ended it (None for EOS)
     reasoning_content: str | None = None  # llm.chat: the text before `</think>`
     content: str | None = None  # llm.chat: the answer after it
@@ -63,6 +63,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(repr=False, default=None)  # type: ignore[assignment]
+    error: str | None = None  # set when the engine ended this request alone because its own work failed
 
 
 @dataclass
@@ -82,7 +83,12 @@ class OutputState:
 
 def build_output(req: Any) -> RequestOutput | None:
     """The RequestOutput to report for a request that made progress, per its output_kind: "cumulative" (all so far),
-    "delta" (only what is new since the last report), "final_only" (once, when finished; None before)."""
+    "delta" (only what is new since the last report), "final_only" (once, when finished; None before).
+    A request ended by an error reports it with no further text: its detokenizer may be what failed."""
+    if req.error is not None:
+        comps = [CompletionOutput(i, "", [], None, None, o.finish_reason, o.stop_reason)
+                 for i, o in enumerate(req.outputs)]
+        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, comps, True, req.metrics, req.error)
     finished = all(o.finish_reason is not None for o in req.outputs)
     kind = req.params.output_kind
     if kind == "final_only" and not finished:

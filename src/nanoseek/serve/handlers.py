@@ -1,8 +1,9 @@
 """Turning engine outputs into OpenAI responses: whole chat/text completions and their SSE streams.
 
 A stream is `data: <json>\\n\\n` events ending in `data: [DONE]`; `: keep-alive` comments go out while a request
-waits (DeepSeek does the same); an error after the stream started is one `data: {"error": ...}` event, which the
-openai client raises. Reasoning is split from the answer with nanoseek.ReasoningParser, per choice, token by token.
+waits (DeepSeek does the same); an error after the stream started (the engine failed a step, or ended this request
+alone) is one `data: {"error": ...}` event, which the openai client raises, then `data: [DONE]`. Reasoning is split
+from the answer with nanoseek.ReasoningParser, per choice, token by token.
 """
 from __future__ import annotations
 
@@ -216,7 +217,7 @@ async def chat_stream(job: Job) -> AsyncIterator[str]:
             yield sse({**head, "choices": [], "usage": _usage(job, states)})
         yield SSE_DONE
     except EngineError as e:
-        yield sse(error_body(str(e), "server_error", None, "engine_error"))
+        yield sse(error_body(str(e), "server_error", None, "engine_error")) + SSE_DONE
     finally:
         job.handle.abort()  # a client that went away mid-stream frees its sequences at the next engine step
 
@@ -279,7 +280,7 @@ async def completion_stream(job: Job, n_choices: int) -> AsyncIterator[str]:
             yield sse({**head, "choices": [], "usage": _usage(job, states)})
         yield SSE_DONE
     except EngineError as e:
-        yield sse(error_body(str(e), "server_error", None, "engine_error"))
+        yield sse(error_body(str(e), "server_error", None, "engine_error")) + SSE_DONE
     finally:
         job.handle.abort()
 

@@ -10,6 +10,10 @@ call from the event loop (the engine keeps a locked inbox); outputs cross back w
 
 Admission: a request of n samples takes n slots; at most max_num_seqs + max_queue slots are in flight, so at most
 `max_queue` wait beyond a full batch and the server sheds load (429 + Retry-After) instead of growing a queue.
+
+Failures: a request the engine ended alone (RequestOutput.error: its own sampling, stop check or text failed)
+reaches its handler as an EngineError, like a failed step, but only that HTTP request fails (its other prompts are
+aborted) and it does not count toward the failed steps after which the worker stops serving.
 """
 from __future__ import annotations
 
@@ -64,7 +68,8 @@ class RequestHandle:
 
     def _take(self, item: Any) -> RequestOutput:
         if isinstance(item, BaseException):
-            self.pending.clear()
+            rest, self.pending = list(self.pending), set()
+            self.worker.abort(rest)  # one prompt failed the HTTP request: its other prompts stop too (no-op if gone)
             raise item
         if item.finished:
             self.pending.discard(item.request_id)
@@ -300,7 +305,10 @@ class EngineWorker:
                         self.abort_lags.append(self.engine.stats["steps"] - t.abort_step)
                         del self.abort_lags[:-100]
                     self._forget([out.request_id])
-                by_loop.setdefault(t.loop, []).append((t.queue, out))
+                item: Any = out
+                if getattr(out, "error", None) is not None:  # the engine ended this request alone
+                    item = EngineError(f"the engine failed on this request: {out.error}")
+                by_loop.setdefault(t.loop, []).append((t.queue, item))
         for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(self._put_all, items)
