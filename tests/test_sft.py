@@ -128,3 +128,23 @@ def test_sft_command_on_chat_jsonl_and_bad_input(model_dir, tmp_path, capsys):
     assert "sft needs --data" in capsys.readouterr().err
     assert main(run_args(tmp_path / "d", "--model", model_dir, "--data", str(tmp_path / "missing.jsonl"))) == 2
     assert "missing.jsonl not found" in capsys.readouterr().err
+
+
+def test_task_rows_with_shortcuts():
+    """`shortcuts` replaces that fraction of the worked solutions by their last step (the result without the work),
+    deterministically per seed; 0 and 1 are all worked and all shortcuts; other values are refused."""
+    from nanoseek.train.sft import task_sft_rows
+    worked = task_sft_rows("arithmetic", 400, [2, 3], seed=3)
+    mixed = task_sft_rows("arithmetic", 400, [2, 3], seed=3, shortcuts=0.5)
+    assert mixed == task_sft_rows("arithmetic", 400, [2, 3], seed=3, shortcuts=0.5)
+    assert all(r["worked"] for r in worked) and [r["id"] for r in worked] == [r["id"] for r in mixed]
+    assert 150 < sum(not r["worked"] for r in mixed) < 250
+    for full, row in zip(worked, mixed):
+        steps = full["messages"][1]["reasoning_content"].split("\n")
+        assert len(steps) > 1 and row["messages"][1]["content"] == full["messages"][1]["content"]
+        want = steps if row["worked"] else steps[-1:]  # e.g. "347+85=432"
+        assert row["messages"][1]["reasoning_content"].split("\n") == want
+    assert not any(r["worked"] for r in task_sft_rows("arithmetic", 20, [2], shortcuts=1.0))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="shortcuts"):
+            task_sft_rows("arithmetic", 5, [2], shortcuts=bad)

@@ -382,3 +382,20 @@ def test_cli_tokenizer_train(tmp_path, capsys):
     assert main(["tokenizer", "train", "--input", str(tmp_path / "nope.txt"), "--vocab-size", "512",
                  "--out", str(out)]) == 2
     assert "nope.txt" in capsys.readouterr().err
+
+
+def test_max_digits_splits_numbers(tmp_path):
+    """`max_digits` bounds the digits one token holds: 1 gives one token per digit (what a small model needs for
+    column arithmetic), 3 is DeepSeek-V3's split; anything else is refused."""
+    text = "\n".join(f"What is {a}+{b}? {a}+{b}={a + b}" for a, b in zip(range(100, 999, 7), range(990, 10, -9)))
+    for digits in (1, 2, 3):
+        tok = train_tokenizer(iter([text]), 600, max_digits=digits)
+        pieces = [tok.decode([i]) for i in tok.encode("976+332=1308", add_special_tokens=False)]
+        assert "".join(pieces) == "976+332=1308"
+        numbers = [p for p in pieces if p.isdigit()]
+        assert max(map(len, numbers)) <= digits
+        if digits == 1:
+            assert pieces == list("976+332=1308")
+    for bad in (0, 4, True, 1.0):
+        with pytest.raises(ValueError, match="max_digits"):
+            train_tokenizer(iter([text]), 600, max_digits=bad)

@@ -58,6 +58,8 @@ def _tokenizer(p: argparse.ArgumentParser) -> Runner:
     tp.add_argument("--out", required=True, metavar="DIR", help="output directory")
     tp.add_argument("--min-frequency", type=int, default=2, help="minimum count of a merged pair")
     tp.add_argument("--model-max-length", type=int, default=4096, help="model_max_length in tokenizer_config.json")
+    tp.add_argument("--max-digits", type=int, default=3, choices=(1, 2, 3),
+                    help="most digits one token holds: 3 as DeepSeek-V3, 1 for one token per digit (arithmetic)")
 
     def run(a: argparse.Namespace) -> int:
         import time
@@ -65,7 +67,8 @@ def _tokenizer(p: argparse.ArgumentParser) -> Runner:
         from .tokenizer import train_tokenizer
         t0 = time.perf_counter()
         tok = train_tokenizer(a.input, a.vocab_size, a.out, min_frequency=a.min_frequency,
-                              model_max_length=a.model_max_length, show_progress=sys.stderr.isatty())
+                              model_max_length=a.model_max_length, max_digits=a.max_digits,
+                              show_progress=sys.stderr.isatty())
         print(f"{a.out}: {tok.vocab_size}-token byte-level BPE trained in {time.perf_counter() - t0:.1f}s")
         return 0
     return run
@@ -171,6 +174,8 @@ def _sft(p: argparse.ArgumentParser) -> Runner:
                                   "instead of --data FILE.jsonl")
     p.add_argument("--task-examples", type=int, default=2000, help="worked solutions generated for --task")
     p.add_argument("--task-levels", help="comma-separated difficulty levels for --task (default: all)")
+    p.add_argument("--task-shortcuts", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of --task's solutions that show only the result, not the work (default 0)")
     p.set_defaults(_overrides_help="--model DIR, --data FILE.jsonl[,FILE2...] and --key value for any setting "
                                    "of nanoseek.train.TrainConfig")
 
@@ -178,7 +183,8 @@ def _sft(p: argparse.ArgumentParser) -> Runner:
         from .train.config import build, load_file
         from .train.sft import SFT_DEFAULTS, run as sft_run
         cfg = build({**SFT_DEFAULTS, **(load_file(a.config) if a.config else {})}, a._extra)
-        sft_run(cfg, task=a.task, task_examples=a.task_examples, task_levels=_levels(a.task_levels))
+        sft_run(cfg, task=a.task, task_examples=a.task_examples, task_levels=_levels(a.task_levels),
+                task_shortcuts=a.task_shortcuts)
         return 0
     return run
 

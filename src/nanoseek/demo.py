@@ -23,8 +23,12 @@ TASK, LEVELS = "arithmetic", [1, 2, 3]
 # GRPO: 32 informative groups of 8 per step (DAPO dynamic sampling refills groups whose rewards are all equal),
 # levels drawn at the policy's frontier (curriculum), token-level loss, no KL; measured in docs/reasoning.md
 PRETRAIN_LR = 1.5e-3
-# SFT on worked solutions (the cold start): 600 steps of 32 x 128 tokens over 4,000 problems
-SFT: dict[str, Any] = dict(max_steps=600, seq_len=128, batch_size=32, lr=2e-3, task_examples=4000)
+# SFT on worked solutions (the cold start): 600 steps of 32 x 128 tokens over 4,000 problems, half of which show
+# only the result line (`347+85=432`, the work done in the head), as text in the wild often does. SFT imitates that
+# mix: the model answers some problems with column steps and some without. GRPO's reward then teaches it which
+# works (the steps), the R1 result "RL teaches the model to think"; docs/reasoning.md has the all-worked control.
+SFT: dict[str, Any] = dict(max_steps=600, seq_len=128, batch_size=32, lr=2e-3, task_examples=4000,
+                           task_shortcuts=0.5)
 DISTILL_PROMPTS = 2000  # teacher prompts (2 samples each at temperature 0.6; verified-correct ones kept)
 GRPO: dict[str, Any] = dict(max_steps=40, num_prompts=32, num_generations=8, lr=1e-4, warmup_steps=5,
                             dynamic_sampling=True, curriculum=True)
@@ -147,7 +151,7 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
 
     def sft_values(d: Path, model: Path) -> dict[str, Any]:
         from .train import sft as sft_mod
-        return {**sft_mod.SFT_DEFAULTS, **{k: v for k, v in SFT.items() if k != "task_examples"},
+        return {**sft_mod.SFT_DEFAULTS, **{k: v for k, v in SFT.items() if not k.startswith("task_")},
                 "model": str(model), "run_dir": str(d), "resume": True, "max_steps": _steps(SFT["max_steps"], scale)}
 
     def sft(d: Path) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         if latest is None:
             raise ValueError("demo: SFT needs a pretrained model (do not skip pretrain on a fresh --out)")
         s = sft_mod.run(build(sft_values(d, latest), common), task=TASK, task_examples=SFT["task_examples"],
-                        task_levels=LEVELS, log=log)
+                        task_levels=LEVELS, task_shortcuts=SFT["task_shortcuts"], log=log)
         return {"val_loss": s["val_loss"], "steps": s["step"], "accuracy": _evaluate(d / "model", eval_limit, log)}
 
     def distill(d: Path) -> dict[str, Any]:

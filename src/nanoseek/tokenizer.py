@@ -494,15 +494,18 @@ class Tokenizer:
 
 
 # ------------------------------------------------------------------------------------------------------- training
-# DeepSeek-V3's pre-tokenizer (from its tokenizer.json): numbers split into runs of at most 3 digits, CJK runs
-# isolated, then a GPT-style split (punctuation+letters, letters with one leading non-letter, punctuation runs,
-# newlines, spaces), then byte-level mapping. BPE merges never cross these pieces.
-_SPLIT_PATTERNS = (
-    r"\p{N}{1,3}",
+# DeepSeek-V3's pre-tokenizer (from its tokenizer.json): numbers split into runs of at most 3 digits (`max_digits`
+# below makes that 1 or 2), CJK runs isolated, then a GPT-style split (punctuation+letters, letters with one leading
+# non-letter, punctuation runs, newlines, spaces), then byte-level mapping. BPE merges never cross these pieces.
+_TEXT_PATTERNS = (
     r"[一-龥぀-ゟ゠-ヿ]+",
     r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+",
 )
+
+
+def _split_patterns(max_digits: int = 3) -> tuple[str, ...]:
+    return (rf"\p{{N}}{{1,{max_digits}}}", *_TEXT_PATTERNS)
 
 
 def _read_files(paths: Sequence[str | os.PathLike], chunk_chars: int = 1 << 20) -> Iterator[str]:
@@ -534,7 +537,7 @@ def _read_files(paths: Sequence[str | os.PathLike], chunk_chars: int = 1 << 20) 
 def train_tokenizer(files: str | os.PathLike | Sequence[str | os.PathLike] | Iterator[str], vocab_size: int,
                     out_dir: str | os.PathLike | None = None, *, min_frequency: int = 2,
                     model_max_length: int = 4096, chat_template: str = DEEPSEEK_R1_CHAT_TEMPLATE,
-                    show_progress: bool = False) -> Tokenizer:
+                    max_digits: int = 3, show_progress: bool = False) -> Tokenizer:
     """Train a byte-level BPE tokenizer with DeepSeek's pre-tokenizer and special tokens on text files (or an
     iterator of strings), and write `tokenizer.json` + `tokenizer_config.json` to `out_dir` if given.
 
@@ -544,7 +547,13 @@ def train_tokenizer(files: str | os.PathLike | Sequence[str | os.PathLike] | Ite
     `vocab_size` is the total number of ids, special and chat tokens included: BOS 0, EOS 1, pad 2, then
     `<｜User｜>`, `<｜Assistant｜>`, `<think>`, `</think>` and the tool-call markers, then 256 byte tokens and merges.
     `encode` adds BOS (the post-processor is in tokenizer.json itself, so every loader agrees). Deterministic for
-    the same input."""
+    the same input.
+
+    `max_digits`: the longest run of digits one token may hold: 3 as DeepSeek-V3 (whose BPE then holds every number
+    below 1000 in one token); 1 gives one token per digit (as LLaMA and Qwen), which a small model needs to learn
+    column arithmetic: with 2-3 digit tokens it must also learn which digits each number token holds."""
+    if not isinstance(max_digits, int) or isinstance(max_digits, bool) or not 1 <= max_digits <= 3:
+        raise ValueError(f"max_digits must be 1, 2 or 3, got {max_digits!r}")
     reserved = len(SPECIAL_TOKENS) + len(CHAT_TOKENS)
     minimum = reserved + len(pre_tokenizers.ByteLevel.alphabet())
     if not isinstance(vocab_size, int) or vocab_size < minimum:
@@ -559,7 +568,7 @@ def train_tokenizer(files: str | os.PathLike | Sequence[str | os.PathLike] | Ite
         raise ValueError(f"files must be a path, a list of paths or an iterator of strings, not {type(files).__name__}")
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(tokenizers.Regex(p), behavior="isolated") for p in _SPLIT_PATTERNS]
+        [pre_tokenizers.Split(tokenizers.Regex(p), behavior="isolated") for p in _split_patterns(max_digits)]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

@@ -121,22 +121,26 @@ class Task:
         """The prompt as chat messages, for RL rollouts and evaluation."""
         return [{"role": "user", "content": example["prompt"]}]
 
-    def reasoning(self, example: dict[str, Any]) -> str:
-        """The worked solution's steps, one per line (the think block's content)."""
-        return "\n".join(self.steps(example))
+    def reasoning(self, example: dict[str, Any], worked: bool = True) -> str:
+        """The worked solution's steps, one per line (the think block's content). `worked=False`: only the last
+        step, the result done in the head (`347+85=432`), as much of the world's text states answers."""
+        steps = self.steps(example)
+        return "\n".join(steps if worked else steps[-1:])
 
-    def solution(self, example: dict[str, Any]) -> str:
+    def solution(self, example: dict[str, Any], worked: bool = True) -> str:
         r"""The full assistant response: `<think>\n{steps}\n</think>\n\n\boxed{answer}`."""
-        return format_response(self.reasoning(example), example["answer"])
+        return format_response(self.reasoning(example, worked), example["answer"])
 
-    def sft_messages(self, example: dict[str, Any], *, reasoning_content: bool = False) -> list[dict[str, str]]:
-        """User prompt and worked assistant answer. With `reasoning_content=True` the steps go in the assistant
-        message's `reasoning_content` field and `content` is only the boxed answer (the DeepSeek API form)."""
+    def sft_messages(self, example: dict[str, Any], *, reasoning_content: bool = False,
+                     worked: bool = True) -> list[dict[str, str]]:
+        """User prompt and worked assistant answer (only its last step when not `worked`). With
+        `reasoning_content=True` the steps go in the assistant message's `reasoning_content` field and `content` is
+        only the boxed answer (the DeepSeek API form)."""
         if reasoning_content:
             assistant = {"role": "assistant", "content": f"\\boxed{{{example['answer']}}}",
-                         "reasoning_content": self.reasoning(example)}
+                         "reasoning_content": self.reasoning(example, worked)}
         else:
-            assistant = {"role": "assistant", "content": self.solution(example)}
+            assistant = {"role": "assistant", "content": self.solution(example, worked)}
         return [*self.messages(example), assistant]
 
     def document(self, example: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ class TrainConfig:
     data: str = "builtin"  # a prepared data dir (manifest.json), or a built-in corpus: builtin | pydoc | tasks
     tokenizer: str | None = None  # tokenizer dir; None: train one for built-in corpora (run_dir/tokenizer)
     vocab_size: int = 1024  # for a tokenizer trained here
+    tokenizer_digits: int = 1  # ... and the most digits one of its tokens holds (3 = DeepSeek-V3; 1 learns arithmetic)
     seq_len: int = 256
     batch_size: int = 16  # sequences per micro-batch per process
     global_batch_size: int | None = None  # sequences per optimizer step; gradient accumulation fills the gap
@@ -81,6 +82,8 @@ class TrainConfig:
             raise bad("global_batch_size", "must be >= 1")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "must be >= 1")
+        if self.tokenizer_digits not in (1, 2, 3):
+            raise bad("tokenizer_digits", "expected 1, 2 or 3")
 
     def global_batch(self, world_size: int = 1) -> int:
         """Sequences per optimizer step; gradient accumulation makes up what the processes' micro-batches don't."""

@@ -40,7 +40,7 @@ def ensure_tokenizer(cfg: TrainConfig, corpus: str) -> str:
     if not os.path.exists(os.path.join(out, "tokenizer.json")):
         from ..tokenizer import train_tokenizer
         texts = (d if isinstance(d, str) else "\n".join(m["content"] for m in d) for d in corpus_documents(corpus))
-        train_tokenizer(texts, cfg.vocab_size, out)
+        train_tokenizer(texts, cfg.vocab_size, out, max_digits=cfg.tokenizer_digits)
     return out
 
 

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -63,29 +64,38 @@ def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def task_sft_rows(task: str, n: int, levels: Sequence[int] | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` worked solutions of a built-in task's train split as chat rows (reasoning in `reasoning_content`)."""
+def task_sft_rows(task: str, n: int, levels: Sequence[int] | None = None, seed: int = 0,
+                  shortcuts: float = 0.0) -> list[dict[str, Any]]:
+    """`n` worked solutions of a built-in task's train split as chat rows (reasoning in `reasoning_content`).
+    `shortcuts`: the fraction of them (each row drawn independently, seeded) that show only the last step, the
+    answer without the work, as in text found in the wild; `worked` in each row says which it is."""
     from .. import tasks
+    if not 0.0 <= shortcuts <= 1.0:
+        raise ValueError(f"sft: task shortcuts must be a fraction in [0, 1] (got {shortcuts})")
     t = tasks.get(task)
     lv = list(levels) if levels else list(range(1, t.num_levels + 1))
+    rng = random.Random(f"nanoseek-sft-shortcuts-{task}-{seed}")
     rows = []
     for ex in t.examples(n, split="train", level=lv, seed=seed):
-        rows.append({"messages": t.sft_messages(ex, reasoning_content=True), "id": ex["id"], "level": ex["level"]})
+        worked = rng.random() >= shortcuts
+        rows.append({"messages": t.sft_messages(ex, reasoning_content=True, worked=worked), "id": ex["id"],
+                     "level": ex["level"], "worked": worked})
     return rows
 
 
 def resolve_inputs(cfg: TrainConfig, task: str | None, task_examples: int, task_levels: Sequence[int] | None,
-                   write: bool = True) -> tuple[list[str] | str, str]:
+                   write: bool = True, task_shortcuts: float = 0.0) -> tuple[list[str] | str, str]:
     """(what to prepare: jsonl files or an already prepared directory, its name in run_dir/data). A task's file is
     written when `write` (the main process) and missing."""
     if task:
         if cfg.data:
             raise ValueError("sft: give --data or --task, not both")
-        spec = json.dumps([task, task_examples, list(task_levels or []), cfg.seed])
+        spec = json.dumps([task, task_examples, list(task_levels or []), cfg.seed]
+                          + ([task_shortcuts] if task_shortcuts else []))  # (names of earlier runs' data kept)
         name = f"task-{task}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"  # other settings, other data
         path = os.path.join(cfg.run_dir, "data", f"{name}.jsonl")
         if write and not os.path.exists(path):
-            write_jsonl(path, task_sft_rows(task, task_examples, task_levels, cfg.seed))
+            write_jsonl(path, task_sft_rows(task, task_examples, task_levels, cfg.seed, task_shortcuts))
         return [path], name
     if not cfg.data or cfg.data in CORPORA:
         raise ValueError("sft needs --data FILE.jsonl (chat `messages`), a prepared data directory, or "
@@ -101,9 +111,10 @@ def resolve_inputs(cfg: TrainConfig, task: str | None, task_examples: int, task_
 
 def sft_data(cfg: TrainConfig, env: distributed.DistEnv, global_batch: int, task: str | None = None,
              task_examples: int = 2000, task_levels: Sequence[int] | None = None,
-             log: Callable[[str], None] = print) -> Data:
+             log: Callable[[str], None] = print, task_shortcuts: float = 0.0) -> Data:
     tok_dir = tokenizer_dir(cfg)
-    inputs, name = resolve_inputs(cfg, task, task_examples, task_levels, write=env.is_main)
+    inputs, name = resolve_inputs(cfg, task, task_examples, task_levels, write=env.is_main,
+                                  task_shortcuts=task_shortcuts)
     if isinstance(inputs, str):
         data_dir = inputs
         read_manifest(data_dir)
@@ -156,7 +167,8 @@ def load_model(cfg: TrainConfig) -> torch.nn.Module | None:
 
 
 def run(cfg: TrainConfig, task: str | None = None, task_examples: int = 2000,
-        task_levels: Sequence[int] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+        task_levels: Sequence[int] | None = None, log: Callable[[str], None] = print,
+        task_shortcuts: float = 0.0) -> dict[str, Any]:
     from .pretrain import export
     if cfg.attention != "mla":
         raise ValueError("sft: --attention mha is a pretraining ablation baseline; SFT trains and exports "
@@ -169,7 +181,8 @@ def run(cfg: TrainConfig, task: str | None = None, task_examples: int = 2000,
             os.makedirs(cfg.run_dir, exist_ok=True)
             with open(os.path.join(cfg.run_dir, "train_config.json"), "w", encoding="utf-8") as f:
                 json.dump({**cfg.to_dict(), "stage": "sft", "task": task}, f, indent=2)
-        data = sft_data(cfg, env, cfg.global_batch(env.world_size), task, task_examples, task_levels, log)
+        data = sft_data(cfg, env, cfg.global_batch(env.world_size), task, task_examples, task_levels, log,
+                        task_shortcuts)
         model = load_model(cfg)
         if model is not None and data.vocab_size > model.config.vocab_size:
             raise ValueError(f"the tokenizer has {data.vocab_size} tokens but the model {cfg.model} has "
