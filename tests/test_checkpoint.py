@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 import nanoseek.checkpoint as ckpt
 from nanoseek import ModelConfig, Transformer, load_pretrained, save_pretrained
 from nanoseek.cli import main as cli_main
+from nanoseek.model.transformer import ModelTooLargeError
 
 TINY = dict(model_type="deepseek_v3", vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
             num_hidden_layers=3, num_attention_heads=4, q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16,
@@ -255,6 +256,23 @@ def test_tensor_errors_name_the_tensor(saved, tmp_path):
     # buffers of old checkpoints are ignored
     rewrite(path, tmp_path / "inv", lambda t: t.update({"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(4)}))
     load_pretrained(tmp_path / "inv")
+
+
+def test_a_model_that_cannot_fit_is_refused_before_reading_weights(saved, tmp_path):
+    """A config.json within every size bound but far beyond memory (~844 TB in fp32): refused at once, naming the
+    file, the dtype and the fields, before any weights are read (the directory has none)."""
+    _, path = saved
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    d = json.loads((path / "config.json").read_text())
+    (huge / "config.json").write_text(json.dumps({**d, "num_hidden_layers": 1024, "hidden_size": 65536,
+                                                  "intermediate_size": 1 << 20, "first_k_dense_replace": 1024}))
+    with pytest.raises(ModelTooLargeError, match=r"huge/config\.json: the model needs ~[\d,.]+ GB for its "
+                                                 r"parameters in bfloat16 .* num_hidden_layers=1024 layers"):
+        load_pretrained(huge, dtype="bf16")
+    assert cli_main(["convert", str(huge), str(tmp_path / "out")]) == 2  # one line, exit status 2
+    assert not (tmp_path / "out").exists()
+    load_pretrained(path, device="cpu")  # the tiny model still loads
 
 
 def test_config_and_file_errors(saved, tmp_path):

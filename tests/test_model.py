@@ -10,6 +10,7 @@ from nanoseek import LatentCache, ModelConfig, Transformer
 from nanoseek.info import count
 from nanoseek.model.moe import Experts, Gate, MoE
 from nanoseek.model.rope import apply_rope, inv_freq
+from nanoseek.model.transformer import ModelTooLargeError, available_memory, model_bytes
 
 
 def tiny(**kw) -> ModelConfig:
@@ -270,6 +271,57 @@ def test_official_counts_and_meta_build():
         m = Transformer(ModelConfig.preset("deepseek-v3"))
     assert all(p.is_meta for p in m.parameters())
     assert sum(p.numel() for n, p in m.named_parameters() if not n.startswith("mtp.")) + 58 * 256 == 671_026_419_200
+
+
+# A config inside every SIZE_LIMITS bound whose parameters (~844 TB in fp32) fit on no machine.
+HUGE = dict(num_hidden_layers=1024, hidden_size=65536, intermediate_size=1 << 20, first_k_dense_replace=1024)
+
+
+@pytest.mark.parametrize("kw", [{}, {"tie_word_embeddings": True}, {"num_nextn_predict_layers": 0},
+                                {"topk_method": "greedy", "scoring_func": "softmax", "n_group": 1, "topk_group": 1},
+                                {"n_routed_experts": 0}])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_model_bytes_equal_the_built_model(kw, dtype):
+    """The estimate from the config alone is exact: every parameter and buffer (the fp32 routing bias, the int64
+    token counters) of a model built for real and cast to dtype."""
+    cfg = tiny(**kw)
+    m = Transformer(cfg).to(dtype)
+    real = sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
+    assert model_bytes(cfg, dtype) == real
+
+
+def test_a_model_that_cannot_fit_is_refused_before_allocating():
+    cfg = tiny(**HUGE)
+    with pytest.raises(ModelTooLargeError, match=r"needs ~844,\d{3}\.\d GB for its parameters in float32 but .* "
+                                                 r"available on cpu: num_hidden_layers=1024 layers of ~824\.\d GB"):
+        Transformer(cfg)
+    assert issubclass(ModelTooLargeError, ValueError) and issubclass(ModelTooLargeError, MemoryError)
+    with torch.device("meta"):  # the meta device allocates nothing and is never refused
+        assert Transformer(cfg.replace(num_hidden_layers=4, first_k_dense_replace=4)).head.weight.is_meta
+    Transformer(tiny())  # a tiny model fits
+
+
+def test_memory_check_compares_with_the_free_memory(monkeypatch):
+    """Refused exactly when the model's bytes exceed what the device has free; the message names the dtype, the
+    sizes and the field that drives them."""
+    import nanoseek.model.transformer as tr
+    cfg = tiny(vocab_size=65536)
+    need = model_bytes(cfg, torch.bfloat16)
+    monkeypatch.setattr(tr, "available_memory", lambda device: need)
+    tr.check_memory(cfg, "cpu", torch.bfloat16)
+    monkeypatch.setattr(tr, "available_memory", lambda device: need - 1)
+    with pytest.raises(ModelTooLargeError, match=r"needs ~\d+\.\d MB for its parameters in bfloat16 but .* on cpu: "
+                                                 r"vocab_size=65536 x hidden_size=128 \(embedding and output head\)"):
+        tr.check_memory(cfg, "cpu", torch.bfloat16)
+    tr.check_memory(cfg, "meta", torch.bfloat16)
+    monkeypatch.setattr(tr, "available_memory", lambda device: None)  # unknown: nothing refused
+    tr.check_memory(cfg, "cpu", torch.bfloat16)
+
+
+def test_available_memory():
+    free = available_memory("cpu")
+    assert free is None or 0 < free < 1 << 50
+    assert available_memory("meta") is None
 
 
 def test_latent_cache_bytes_formula():

@@ -39,6 +39,7 @@ from .config import ModelConfig
 from .fp8 import (FP8_DTYPE, SCALE_SUFFIX, check_fp8_tensor, check_quantization_config, dequantize_fp8_blockwise,
                   fp8_quantization_config, quantize_fp8_blockwise, scale_shape)
 from .model import Transformer
+from .model.transformer import ModelTooLargeError, check_memory
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -346,13 +347,19 @@ def load_pretrained(path: str | os.PathLike, dtype: str | torch.dtype | None = N
     path = Path(path)
     cfg = read_config(path)
     block = check_quantization_config(cfg.extra.get("quantization_config"), str(path / CONFIG_NAME))
+    dtype = resolve_dtype(dtype, resolve_dtype(cfg.torch_dtype) if cfg.torch_dtype else torch.float32)
+    device = torch.device(device if device is not None else "cpu")
+    # Refuse a model that cannot fit before reading any weights, with the MTP modules the config declares (the
+    # checkpoint may hold fewer: an upper bound by at most those modules).
+    try:
+        check_memory(cfg.replace(num_nextn_predict_layers=cfg.num_nextn_predict_layers if mtp else 0), device, dtype)
+    except ModelTooLargeError as e:
+        raise ModelTooLargeError(f"{path / CONFIG_NAME}: {e}") from None
     info = _scan(path)
     n_mtp = _mtp_layers(info, cfg) if mtp else 0
     all_mtp = cfg.num_nextn_predict_layers
     cfg = cfg.replace(num_nextn_predict_layers=n_mtp)
     cfg.extra.pop("quantization_config", None)  # the loaded model holds dequantised weights
-    dtype = resolve_dtype(dtype, resolve_dtype(cfg.torch_dtype) if cfg.torch_dtype else torch.float32)
-    device = torch.device(device if device is not None else "cpu")
 
     names = _tensor_names(cfg, n_mtp)
     with torch.device("meta"):
