@@ -421,6 +421,106 @@ def test_a_stalled_body_times_out_and_connections_are_capped(model_dir):
                 h.close()
 
 
+def _closed_by_server(sock: socket.socket, trickle: bytes, every_s: float, limit_s: float) -> tuple[bytes, float]:
+    """Send `trickle` one byte every `every_s` seconds until the server closes the connection; return what it answered
+    and the seconds from the call until the close (bounded by `limit_s`)."""
+    t0, reply, sent = time.monotonic(), b"", 0
+    sock.setblocking(False)
+    while time.monotonic() - t0 < limit_s:
+        readable, _, _ = select.select([sock], [], [], every_s)
+        if readable:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                return reply, time.monotonic() - t0
+            reply += chunk
+        elif sent < len(trickle) and not reply:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.send(trickle[sent:sent + 1])
+            sent += 1
+    raise AssertionError(f"the server did not close the connection within {limit_s} s (got {reply!r})")
+
+
+def test_headers_that_trickle_in_time_out_while_others_are_served(model_dir):
+    """Issue 17 item 4 (slowloris): a connection whose header block has not all arrived within header_timeout_s of
+    its opening gets a 408 and is closed, however steadily it keeps sending bytes (the timer is not reset by data);
+    one that sends nothing is closed without an answer; other connections are served meanwhile and afterwards.
+    The timer covers the headers alone: idle keep-alive time between requests is keepalive_timeout_s, a request
+    split over segments that completes in time is served, and a body that stalls after complete headers gets the
+    app's own 408 after read_timeout_s, not the header timeout."""
+    from nanoseek.serve.app import uvicorn_config
+    from nanoseek.serve.header_timeout import HeaderTimeoutMixin, base_protocol
+    for http in ("auto", "h11"):  # the protocol class uvicorn gets extends the one asked for
+        cls = uvicorn_config(None, ServeConfig(header_timeout_s=0.5), "127.0.0.1", 1, http=http).http
+        assert issubclass(cls, HeaderTimeoutMixin) and issubclass(cls, base_protocol(http))
+        assert cls.header_timeout_s == 0.5
+    with live_server(model_dir, header_timeout_s=0.5, read_timeout_s=2.0, keepalive_timeout_s=5.0) as (base, app, _):
+        port = int(base.rsplit(":", 1)[1])
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        with httpx.Client(timeout=30) as normal:  # one keep-alive connection, used before, during and after
+            assert normal.get(base + "/health").status_code == 200
+
+            # slowloris: a request line and a header that never ends, one byte every 0.05 s; and an idle connection
+            slow = socket.create_connection(("127.0.0.1", port), timeout=20)
+            idle = socket.create_connection(("127.0.0.1", port), timeout=20)
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            served = []
+
+            def meanwhile():  # a normal client is served while the slow connection is held
+                served.append(normal.get(base + "/health").status_code)
+                r = client.chat.completions.create(model=NAME, messages=USER, max_tokens=2, temperature=0)
+                served.append(r.choices[0].finish_reason)
+
+            t = threading.Thread(target=meanwhile)
+            t.start()
+            reply, took = _closed_by_server(slow, b"a" * 10_000, every_s=0.05, limit_s=15)
+            t.join(timeout=60)
+            assert served[0] == 200 and served[1] in ("stop", "length"), served
+            assert reply.startswith(b"HTTP/1.1 408") and b"headers did not arrive within 0.5 s" in reply, reply
+            assert 0.4 <= took < 10, took  # after the timeout, though bytes kept coming
+            slow.close()
+            idle.settimeout(15)
+            assert idle.recv(4096) == b""  # closed, no answer: it sent nothing
+            idle.close()
+            assert normal.get(base + "/health").status_code == 200  # the keep-alive connection is still served
+
+            # a request split over segments that completes in time, then keep-alive requests on the same connection
+            # after an idle pause longer than the header timeout (the keep-alive timeout governs idle time)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+            time.sleep(0.2)
+            sock.sendall(b"st: 127.0.0.1\r\n\r\n")
+            assert _read_response(sock).startswith("HTTP/1.1 200")
+            time.sleep(1.0)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _read_response(sock).startswith("HTTP/1.1 200")
+            # ...and the next request on it that trickles is cut off by the header timeout too
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            reply, took = _closed_by_server(sock, b"X-Slow: " + b"a" * 10_000, every_s=0.05, limit_s=15)
+            assert reply.startswith(b"HTTP/1.1 408") and 0.4 <= took < 10, (reply, took)
+            sock.close()
+
+            # complete headers, then a stalled body: the app's 408 after read_timeout_s (2 s), not the header timeout
+            stalled = socket.create_connection(("127.0.0.1", port), timeout=20)
+            t0 = time.monotonic()
+            stalled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
+                            KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            reply = _read_response(stalled)
+            assert reply.startswith("HTTP/1.1 408") and "did not arrive within 2 s" in reply, reply
+            assert time.monotonic() - t0 >= 1.5
+            stalled.close()
+
+            # streaming and whole responses over keep-alive connections still work
+            chunks = list(client.chat.completions.create(model=NAME, messages=USER, max_tokens=8, stream=True,
+                                                         temperature=0, extra_body={"ignore_eos": True}))
+            assert chunks[-1].choices[0].finish_reason == "length"
+            _healthy(base, client)
+            assert normal.get(base + "/health").status_code == 200
+        _idle(app)
+
+
 def test_openapi_spec_and_a_bounded_fuzz_find_no_server_error(base, client):
     """Issue 17 item 6: /openapi.json describes every endpoint with its request body; schemathesis generates requests
     from it (a fixed budget per operation, derandomized) and none gets a 5xx; the server keeps serving."""
@@ -799,4 +899,6 @@ def test_cli_rejects_bad_arguments(model_dir, capsys):
     from nanoseek.cli import main
     assert main(["serve", str(model_dir), "--max-num-seqs", "0"]) == 2
     assert "--max-num-seqs" in capsys.readouterr().err
+    assert main(["serve", str(model_dir), "--header-timeout", "0"]) == 2
+    assert "--header-timeout" in capsys.readouterr().err
     assert main(["serve", str(model_dir / "missing")]) == 2

@@ -59,9 +59,11 @@ class ServeConfig:
     # localhost (DNS rebinding) is refused unless listed in allowed_hosts ("*": any). IP literals always pass.
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
-    # Slow clients (issue 17 item 4): a request body must arrive within read_timeout_s (else 408); at most
-    # max_connections connections are open at once (uvicorn answers 503 beyond); idle keep-alive connections close
-    # after keepalive_timeout_s.
+    # Slow clients (issue 17 item 4): a request's header block must arrive within header_timeout_s of the connection
+    # opening or of the request's first byte on a keep-alive connection (else 408 and closed; see header_timeout.py);
+    # a request body must arrive within read_timeout_s (else 408); at most max_connections connections are open at
+    # once (uvicorn answers 503 beyond); idle keep-alive connections close after keepalive_timeout_s.
+    header_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     max_connections: int = 1000
     keepalive_timeout_s: float = 5.0
@@ -500,10 +502,15 @@ def default_model_name(model_dir: str) -> str:
 
 
 def uvicorn_config(app: Any, config: ServeConfig, host: str, port: int, **kwargs: Any) -> Any:
-    """uvicorn's settings for `app`: the connection cap and keep-alive timeout of `config`."""
+    """uvicorn's settings for `app`: the connection cap, keep-alive timeout and header timeout of `config` (the
+    last through a subclass of uvicorn's HTTP protocol: `http=` in `kwargs` names the one to extend, default
+    uvicorn's "auto")."""
     import uvicorn
+
+    from .header_timeout import header_timeout_protocol
+    http = header_timeout_protocol(kwargs.pop("http", "auto"), config.header_timeout_s)
     return uvicorn.Config(app, host=host, port=port, limit_concurrency=config.max_connections,
-                          timeout_keep_alive=config.keepalive_timeout_s, **kwargs)
+                          timeout_keep_alive=config.keepalive_timeout_s, http=http, **kwargs)
 
 
 def run_server(llm: Any, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,

@@ -35,6 +35,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "'*' for any); other sites' pages get 403")
     p.add_argument("--allowed-hosts", default="",
                    help="comma-separated Host names accepted besides localhost and IP addresses ('*' for any)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds for a request's headers to arrive (408 and closed; slowloris clients)")
     p.add_argument("--read-timeout", type=float, default=30.0, help="seconds for a request body to arrive (408)")
     p.add_argument("--max-connections", type=int, default=1000, help="open connections at once (503 beyond)")
     p.add_argument("--keepalive-timeout", type=float, default=5.0, help="seconds an idle keep-alive connection stays")
@@ -49,7 +51,8 @@ def run_serve(a: argparse.Namespace) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for name, v, lo in (("--port", a.port, 0), ("--max-num-seqs", a.max_num_seqs, 1), ("--max-queue", a.max_queue, 0),
                         ("--max-request-bytes", a.max_request_bytes, 1), ("--max-connections", a.max_connections, 1),
-                        ("--read-timeout", a.read_timeout, 0.001), ("--keepalive-timeout", a.keepalive_timeout, 0.001)):
+                        ("--header-timeout", a.header_timeout, 0.001), ("--read-timeout", a.read_timeout, 0.001),
+                        ("--keepalive-timeout", a.keepalive_timeout, 0.001)):
         if v < lo or name == "--port" and v > 65535:
             raise ValueError(f"{name}: out of range (got {v})")
     if a.num_threads is not None:
@@ -64,7 +67,8 @@ def run_serve(a: argparse.Namespace) -> int:
                       reasoning_parser=a.reasoning_parser != "none", drain_timeout_s=min(10.0, a.shutdown_timeout),
                       allowed_origins=tuple(x.strip() for x in a.allowed_origins.split(",") if x.strip()),
                       allowed_hosts=tuple(x.strip() for x in a.allowed_hosts.split(",") if x.strip()),
-                      read_timeout_s=a.read_timeout, max_connections=a.max_connections,
+                      header_timeout_s=a.header_timeout, read_timeout_s=a.read_timeout,
+                      max_connections=a.max_connections,
                       keepalive_timeout_s=a.keepalive_timeout)
     run_server(llm, cfg, a.host, a.port, shutdown_timeout_s=a.shutdown_timeout, log_level=a.log_level)
     return 0
