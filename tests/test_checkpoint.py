@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import nanoseek.checkpoint as ckpt
 from nanoseek import ModelConfig, Transformer, load_pretrained, save_pretrained
 from nanoseek.cli import main as cli_main
-from nanoseek.model.transformer import ModelTooLargeError
+from nanoseek.memory import ModelTooLargeError
 
 TINY = dict(model_type="deepseek_v3", vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
             num_hidden_layers=3, num_attention_heads=4, q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16,

@@ -10,7 +10,7 @@ from nanoseek import LatentCache, ModelConfig, Transformer
 from nanoseek.info import count
 from nanoseek.model.moe import Experts, Gate, MoE
 from nanoseek.model.rope import apply_rope, inv_freq
-from nanoseek.model.transformer import ModelTooLargeError, available_memory, model_bytes
+from nanoseek.memory import ModelTooLargeError, available_memory, check_memory, model_bytes
 
 
 def tiny(**kw) -> ModelConfig:
@@ -294,17 +294,18 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating():
     cfg = tiny(**HUGE)
     with pytest.raises(ModelTooLargeError, match=r"needs ~844,\d{3}\.\d GB for its parameters in float32 but .* "
                                                  r"available on cpu: num_hidden_layers=1024 layers of ~824\.\d GB"):
-        Transformer(cfg)
+        check_memory(cfg, "cpu", torch.float32)
     assert issubclass(ModelTooLargeError, ValueError) and issubclass(ModelTooLargeError, MemoryError)
-    with torch.device("meta"):  # the meta device allocates nothing and is never refused
+    check_memory(cfg, "meta", torch.float32)  # the meta device allocates nothing and is never refused
+    with torch.device("meta"):
         assert Transformer(cfg.replace(num_hidden_layers=4, first_k_dense_replace=4)).head.weight.is_meta
-    Transformer(tiny())  # a tiny model fits
+    check_memory(tiny(), "cpu", torch.float32)  # a tiny model fits
 
 
 def test_memory_check_compares_with_the_free_memory(monkeypatch):
     """Refused exactly when the model's bytes exceed what the device has free; the message names the dtype, the
     sizes and the field that drives them."""
-    import nanoseek.model.transformer as tr
+    import nanoseek.memory as tr
     cfg = tiny(vocab_size=65536)
     need = model_bytes(cfg, torch.bfloat16)
     monkeypatch.setattr(tr, "available_memory", lambda device: need)

@@ -57,9 +57,18 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, prepared):  # noqa:
     (["--data", "/nonexistent"], "neither a built-in corpus"),
     (["--model", "no-such-preset"], "neither a preset"),
     (["--schedule", "linear"], "schedule"),
+    (["--tokenizer_digits", "4"], "tokenizer_digits: expected 1, 2 or 3"),
 ])
 def test_bad_input_one_line_errors(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "nanoseek.cli", "train", "--run_dir", str(tmp_path), *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_model_that_cannot_fit_is_refused_before_training(tmp_path, prepared):  # noqa: F811
+    huge = ["--model.num_hidden_layers", "1024", "--model.first_k_dense_replace", "1024",
+            "--model.hidden_size", "65536", "--model.intermediate_size", "1048576"]
+    proc = subprocess.run(cmd(prepared, tmp_path, *huge), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "num_hidden_layers=1024 layers of" in proc.stderr and "Traceback" not in proc.stderr

@@ -39,7 +39,7 @@ from .config import ModelConfig
 from .fp8 import (FP8_DTYPE, SCALE_SUFFIX, check_fp8_tensor, check_quantization_config, dequantize_fp8_blockwise,
                   fp8_quantization_config, quantize_fp8_blockwise, scale_shape)
 from .model import Transformer
-from .model.transformer import ModelTooLargeError, check_memory
+from .memory import ModelTooLargeError, check_memory
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

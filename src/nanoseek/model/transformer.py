@@ -7,99 +7,14 @@ h^0 is the main model's final hidden state (after its final norm), as in vLLM an
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..info import block_params, count
 from .attention import MLA, LatentCacheLike
 from .layers import MLP, RMSNorm, init_parameters
 from .moe import MoE
 from .rope import rope_cos_sin
-
-
-class ModelTooLargeError(ValueError, MemoryError):
-    """The parameters of a model cannot fit in the free memory of the device it would be built on. A ValueError
-    (a config asked for it, and the CLIs print those as one line) and a MemoryError (what it stands in for)."""
-
-
-def model_bytes(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of every parameter and buffer of `Transformer(cfg).to(dtype)`, from the config alone (nanoseek.info's
-    counts, nothing allocated): parameters in `dtype`, the routing bias in fp32 (it stays fp32 through .to(dtype)),
-    each MoE's per-expert token counters in int64."""
-    info = count(cfg)
-    moe_layers = sum(map(cfg.is_moe_layer, range(cfg.num_hidden_layers)))
-    moe_layers += cfg.num_nextn_predict_layers if cfg.is_moe else 0  # an MTP block is MoE when the model is
-    experts = moe_layers * cfg.n_routed_experts
-    bias = experts if cfg.topk_method == "noaux_tc" else 0  # info counts it among the parameters
-    params = info["total_params"] + info["mtp_params"] - bias
-    return params * dtype.itemsize + bias * 4 + experts * 8
-
-
-def available_memory(device: str | torch.device) -> int | None:
-    """Bytes free for new tensors on `device`, or None where that cannot be known (then nothing is refused)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        try:
-            free, _ = torch.cuda.mem_get_info(device)
-            # blocks PyTorch's caching allocator holds but no tensor uses are free to it, though not to the driver
-            return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        except (RuntimeError, AssertionError):  # no usable CUDA: let the allocation itself give torch's error
-            return None
-    if device.type != "cpu":
-        return None
-    try:  # Linux: MemAvailable counts the page cache the kernel can reclaim, unlike "free" pages
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # elsewhere all physical memory: free pages alone omit the reclaimable cache and would refuse models that fit
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
-
-
-def _size_drivers(cfg: ModelConfig, itemsize: int) -> list[str]:
-    """The parts of the model and the config fields that set their size, largest first."""
-    d, L, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-    n_moe = sum(map(cfg.is_moe_layer, range(L)))
-    layers = n_moe * block_params(cfg, True)[0] + (L - n_moe) * block_params(cfg, False)[0]
-    kinds = [f"{n_moe} MoE with n_routed_experts={cfg.n_routed_experts} x moe_intermediate_size="
-             f"{cfg.moe_intermediate_size}"] if n_moe else []
-    kinds += [f"{L - n_moe} dense with intermediate_size={cfg.intermediate_size}"] if L > n_moe else []
-    info = count(cfg)
-    parts = [(layers, f"num_hidden_layers={L} layers of ~{_size(layers * itemsize / L)} each "
-                      f"({', '.join(kinds)}; hidden_size={d})"),
-             (info["total_params"] - layers, f"vocab_size={V} x hidden_size={d} (embedding"
-                                             f"{'' if cfg.tie_word_embeddings else ' and output head'})"),
-             (info["mtp_params"], f"num_nextn_predict_layers={cfg.num_nextn_predict_layers} MTP modules")]
-    return [f"{what} = {_size(n * itemsize)}" for n, what in sorted(parts, key=lambda p: -p[0]) if n]
-
-
-def check_memory(cfg: ModelConfig, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Raise ModelTooLargeError, naming the fields that drive the size, when the model's parameters need more memory
-    than `device` has free. Building on the meta device allocates nothing and is never refused."""
-    device = torch.device(device)
-    if device.type == "meta":
-        return
-    free = available_memory(device)
-    if free is None:
-        return
-    need = model_bytes(cfg, dtype)
-    if need > free:
-        dt = str(dtype).removeprefix("torch.")
-        raise ModelTooLargeError(
-            f"the model needs ~{_size(need)} for its parameters in {dt} but {_size(free)} is available on {device}: "
-            f"{'; '.join(_size_drivers(cfg, dtype.itemsize))}. Shrink these fields or use a smaller dtype "
-            f"(build it under torch.device('meta') to inspect it without memory)")
 
 
 class Block(nn.Module):
@@ -138,9 +53,6 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        # Refuse a model that cannot fit before allocating any of it: a config.json with a million layers once grew
-        # memory until the machine ran out. Parameters land on the default device in the default dtype (meta: none).
-        check_memory(cfg, torch.get_default_device(), torch.get_default_dtype())
         self.config = cfg
         L = cfg.num_hidden_layers
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)

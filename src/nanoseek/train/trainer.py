@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..memory import check_memory
 from ..model import Transformer
 from . import distributed, state
 from .balance import LoadBalancer
@@ -86,7 +87,9 @@ class Trainer:
         self.cfg, self.data, self.env, self.log = cfg, data, env, log
         torch.manual_seed(cfg.seed)
         if model is None:
-            model = Transformer(build_model_config(cfg, data.vocab_size))
+            mcfg = build_model_config(cfg, data.vocab_size)
+            check_memory(mcfg, "cpu", torch.float32)  # refused before allocating (built on the CPU in fp32, then moved)
+            model = Transformer(mcfg)
             if cfg.attention == "mha":
                 from ..model.mha import use_mha
                 use_mha(model)
