@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from nanoseek.demo import run
+from nanoseek.demo import run, shows_work
 
 
 def test_demo_smoke_then_rerun_skips(tmp_path):
@@ -28,6 +28,7 @@ def test_demo_smoke_then_rerun_skips(tmp_path):
     for stage in ("pretrain", "sft", "grpo"):  # every stage's evaluation: accuracy, its interval, the problem count
         acc = summary[stage]["accuracy"]
         assert acc["examples"] == 2 and acc["ci95"][0] <= acc["accuracy"] <= acc["ci95"][1]
+        assert acc["shows_work"] in (0.0, 0.5, 1.0) and "samples" not in acc
     assert summary["grpo_gain"] == round(summary["grpo"]["accuracy"]["accuracy"] -
                                          summary["sft"]["accuracy"]["accuracy"], 4)
     ic = summary["eval"]["inference_compute"]
@@ -45,9 +46,18 @@ def test_demo_seed_reproduces_its_numbers(tmp_path):
     a = run(str(tmp_path / "a"), scale=0.005, threads=1, eval_limit=2, seed=3, skip=keep, log=lambda s: None)
     b = run(str(tmp_path / "b"), scale=0.005, threads=1, eval_limit=2, seed=3, skip=keep, log=lambda s: None)
     c = run(str(tmp_path / "c"), scale=0.005, threads=1, eval_limit=2, seed=4, skip=keep, log=lambda s: None)
-    for stage, key in (("pretrain", "val_loss"), ("sft", "val_loss"), ("grpo", "eval_accuracy")):
+    for stage, key in (("pretrain", "val_loss"), ("sft", "val_loss"), ("grpo", "accuracy")):
         assert a[stage][key] == b[stage][key], (stage, key)
     assert a["pretrain"]["val_loss"] != c["pretrain"]["val_loss"]
     metrics = [(tmp_path / r / "grpo" / "metrics.jsonl").read_text() for r in "ab"]
     strip = lambda t: [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in t.splitlines()]  # noqa: E731
     assert strip(metrics[0]) == strip(metrics[1])  # every GRPO step: rewards, losses, curriculum, sampling counts
+
+
+def test_shows_work_counts_step_lines():
+    """An answer shows its work when the think block has more than one step line: the column steps, not only the
+    result line (the SFT data's shortcut form) nor nothing."""
+    assert shows_work("7+5=12, carry 1\n3+0+1=4\n347+85=432\n</think>\n\n\\boxed{432}")
+    assert not shows_work("347+85=432\n</think>\n\n\\boxed{432}")
+    assert not shows_work("</think>\n\n\\boxed{432}") and not shows_work("")
+    assert not shows_work("347+85=432\n</think>\n\n1+1=2 and \\boxed{432}")  # only the think block counts

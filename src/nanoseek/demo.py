@@ -23,14 +23,14 @@ TASK, LEVELS = "arithmetic", [1, 2, 3]
 # GRPO: 32 informative groups of 8 per step (DAPO dynamic sampling refills groups whose rewards are all equal),
 # levels drawn at the policy's frontier (curriculum), token-level loss, no KL; measured in docs/reasoning.md
 PRETRAIN_LR = 1.5e-3
-# SFT on worked solutions (the cold start): 600 steps of 32 x 128 tokens over 4,000 problems, half of which show
+# SFT on worked solutions (the cold start): 1,000 steps of 32 x 128 tokens over 4,000 problems, half of which show
 # only the result line (`347+85=432`, the work done in the head), as text in the wild often does. SFT imitates that
 # mix: the model answers some problems with column steps and some without. GRPO's reward then teaches it which
 # works (the steps), the R1 result "RL teaches the model to think"; docs/reasoning.md has the all-worked control.
-SFT: dict[str, Any] = dict(max_steps=600, seq_len=128, batch_size=32, lr=2e-3, task_examples=4000,
+SFT: dict[str, Any] = dict(max_steps=1000, seq_len=128, batch_size=32, lr=2e-3, task_examples=4000,
                            task_shortcuts=0.5)
 DISTILL_PROMPTS = 2000  # teacher prompts (2 samples each at temperature 0.6; verified-correct ones kept)
-GRPO: dict[str, Any] = dict(max_steps=40, num_prompts=32, num_generations=8, lr=1e-4, warmup_steps=5,
+GRPO: dict[str, Any] = dict(max_steps=60, num_prompts=32, num_generations=8, lr=1e-4, warmup_steps=5,
                             dynamic_sampling=True, curriculum=True)
 MAX_TOKENS = 96  # completion budget of rollouts and evaluations (the longest worked solution is ~60 tokens)
 
@@ -48,13 +48,15 @@ def _append_recipe(report_md: Path, results: dict[str, Any], root: Path) -> None
     inference-time compute (table and chart)."""
     lines = ["", "## The recipe: held-out accuracy after each stage", "",
              f"Greedy accuracy on the same distinct held-out {TASK} problems (levels {LEVELS}), with the 95% "
-             "Wilson interval.", "", "| stage | accuracy | 95% CI | problems |", "|---|---|---|---|"]
+             "Wilson interval, and the fraction of answers that write the column steps.", "",
+             "| stage | accuracy | 95% CI | problems | answers showing the steps |", "|---|---|---|---|---|"]
     for name in ("pretrain", "sft", "grpo", "distill"):
         acc = results.get(name, {}).get("accuracy")
         if isinstance(acc, dict) and "accuracy" in acc:
             ci = acc.get("ci95")
             ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-            lines.append(f"| {name} | {acc['accuracy']:.3f} | {ci_text} | {acc['examples']} |")
+            work = f"{acc['shows_work']:.0%}" if "shows_work" in acc else "-"
+            lines.append(f"| {name} | {acc['accuracy']:.3f} | {ci_text} | {acc['examples']} | {work} |")
     ic = results.get("eval", {}).get("inference_compute")
     if ic:
         from .evaluate import scaling
@@ -89,13 +91,24 @@ def _fmt_acc(acc: dict[str, Any]) -> str:
         f" on {acc['examples']} problems"
 
 
+def shows_work(completion: str) -> bool:
+    """Whether a completion's think block holds more than one step line (the column steps), not just the result
+    line `347+85=432` (a one-digit problem has one step either way)."""
+    from .rewards import THINK_CLOSE
+    reasoning = completion.split(THINK_CLOSE, 1)[0]
+    return sum(1 for line in reasoning.splitlines() if "=" in line) > 1
+
+
 def _evaluate(model_dir: Path, limit: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Greedy accuracy on `limit` distinct held-out problems: the one evaluation every stage (and GRPO's own
-    progress evaluation) uses, on the same problems."""
+    """Greedy accuracy on `limit` distinct held-out problems: the one evaluation every stage uses, on the same
+    problems; and `shows_work`, the fraction of answers that write the column steps (what GRPO teaches)."""
     from .evaluate.runner import evaluate
-    res = evaluate(str(model_dir), [TASK], limit=limit, levels=LEVELS, max_tokens=MAX_TOKENS)
+    res = evaluate(str(model_dir), [TASK], limit=limit, levels=LEVELS, max_tokens=MAX_TOKENS, log_samples=True)
     acc = res["results"][TASK]
-    log(f"  {TASK} (levels {LEVELS}, greedy): accuracy {_fmt_acc(acc)}")
+    done = [shows_work(c) for s in acc.pop("samples", []) for c in s["completions"]]
+    acc["shows_work"] = round(sum(done) / max(len(done), 1), 4)
+    log(f"  {TASK} (levels {LEVELS}, greedy): accuracy {_fmt_acc(acc)}; {acc['shows_work']:.0%} of the answers show "
+        f"the column steps")
     return acc
 
 
@@ -189,7 +202,8 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         if scale < 1:  # a smoke run: fewer prompts per step too
             settings["num_prompts"] = max(2, round(GRPO["num_prompts"] * scale))
         cfg = build(None, common, model=str(latest), task=TASK, levels=",".join(map(str, LEVELS)),
-                    run_dir=str(d), resume=True, max_completion_length=MAX_TOKENS, eval_prompts=eval_limit,
+                    run_dir=str(d), resume=True, max_completion_length=MAX_TOKENS,
+                    eval_prompts=0,  # the stages' own evaluation below measures the GRPO model (once, not thrice)
                     **settings)
         s = grpo_mod.run(cfg, log=log)
         return {k: v for k, v in s.items() if isinstance(v, (int, float, str))} | {
@@ -248,7 +262,8 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         acc = results.get(name, {}).get("accuracy")
         if isinstance(acc, dict) and "accuracy" in acc:
             what = "student distilled from the GRPO model" if name == "distill" else f"after {name}"
-            log(f"  {what:10s}: {TASK} greedy accuracy {_fmt_acc(acc)}")
+            work = f"; {acc['shows_work']:.0%} show the steps" if "shows_work" in acc else ""
+            log(f"  {what:10s}: {TASK} greedy accuracy {_fmt_acc(acc)}{work}")
     if gain is not None:
         log(f"  GRPO gain over SFT: {gain:+.3f} (the same {results['grpo']['accuracy']['examples']} problems)")
     if latest is not None:
