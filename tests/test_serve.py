@@ -693,6 +693,59 @@ def test_overload_is_shed_with_retry_after(model_dir):
         assert drafts > 0 and 0 <= rate <= 1
 
 
+def test_tokenizing_runs_in_the_servers_own_pool(base, client, app, monkeypatch):
+    tok = app.state.llm.engine.tokenizer
+    seen: list[str] = []
+    encode = tok.encode
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return encode(*args, **kwargs)
+    monkeypatch.setattr(tok, "encode", spy)
+    client.chat.completions.create(model=NAME, messages=USER, max_tokens=2)
+    client.completions.create(model=NAME, prompt="The fox", max_tokens=2)
+    assert len(seen) == 2 and all(n.startswith("nanoseek-tokenizer") for n in seen), seen
+    assert app.state.tokenizer_pool.in_use == 0
+
+
+def test_a_flood_beyond_the_tokenizer_queue_gets_429_and_the_server_keeps_serving(model_dir):
+    with live_server(model_dir, tokenizer_threads=1, tokenizer_queue=2) as (base, app, _):
+        pool = app.state.tokenizer_pool
+        tok = app.state.llm.engine.tokenizer
+        release = threading.Event()
+        encode = tok.encode
+
+        def blocked(*args, **kwargs):
+            release.wait(60)
+            return encode(*args, **kwargs)
+        tok.encode = blocked  # an instance attribute on this server's own tokenizer
+        body = json.dumps({"model": NAME, "messages": USER, "max_tokens": 2})
+        try:
+            with ThreadPoolExecutor(3) as ex:
+                held = [ex.submit(_post, base, body, timeout=60) for _ in range(3)]  # 1 running + 2 waiting
+                try:
+                    deadline = time.monotonic() + 30
+                    while pool.in_use < 3:
+                        assert time.monotonic() < deadline, f"the pool holds {pool.in_use} of 3"
+                        time.sleep(0.01)
+                    for path in ("/v1/chat/completions", "/v1/completions"):
+                        extra = {"model": NAME, "max_tokens": 2}
+                        extra.update({"messages": USER} if path.endswith("chat/completions") else {"prompt": "fox"})
+                        r = _post(base, json.dumps(extra), path=path, timeout=30)
+                        _check_error(r, 429, code="queue_full", match="tokenized")
+                        assert int(r.headers["retry-after"]) >= 1
+                    assert httpx.get(base + "/health", timeout=30).status_code == 200  # not behind the tokenizer
+                finally:
+                    release.set()
+                assert [f.result().status_code for f in held] == [200, 200, 200]
+        finally:
+            del tok.encode
+        assert pool.in_use == 0
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        _healthy(base, client)
+        assert client.chat.completions.create(model=NAME, messages=USER, max_tokens=2).choices[0].message
+
+
 def test_32_concurrent_streams_equal_the_same_requests_one_at_a_time(client, app):
     prompts = [f"The fox {i} jumps" for i in range(32)]
 
@@ -901,4 +954,6 @@ def test_cli_rejects_bad_arguments(model_dir, capsys):
     assert "--max-num-seqs" in capsys.readouterr().err
     assert main(["serve", str(model_dir), "--header-timeout", "0"]) == 2
     assert "--header-timeout" in capsys.readouterr().err
+    assert main(["serve", str(model_dir), "--tokenizer-threads", "0"]) == 2
+    assert "--tokenizer-threads" in capsys.readouterr().err
     assert main(["serve", str(model_dir / "missing")]) == 2

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -67,6 +68,12 @@ class ServeConfig:
     read_timeout_s: float = 30.0
     max_connections: int = 1000
     keepalive_timeout_s: float = 5.0
+    # Tokenizing (issue 17 item 3): chat templates are rendered and prompts tokenized in the server's own pool of
+    # tokenizer_threads threads, off the event loop and apart from Python's default executor; at most
+    # tokenizer_queue requests wait for a thread beyond those being tokenized (room for a burst of clients arriving
+    # together: a short prompt takes well under a millisecond), more are refused with 429.
+    tokenizer_threads: int = 2
+    tokenizer_queue: int = 64
 
 
 class _Stream(StreamingResponse):
@@ -235,6 +242,54 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
+class TokenizerPool:
+    """The server's own bounded pool for tokenizer work (chat-template rendering, encoding, decoding echoed ids).
+    `threads` run at once and at most `queue` more requests wait; `run` refuses the next with 429 + Retry-After.
+    A slot is held until the work itself ends (not when its caller gives up), so abandoned work still counts.
+    `run` is called from the event loop only; `start`/`shutdown` with the app's lifespan."""
+
+    def __init__(self, threads: int, queue: int):
+        if threads < 1 or queue < 0:
+            raise ValueError(f"tokenizer pool: threads must be >= 1 and queue >= 0 (got {threads}, {queue})")
+        self.threads, self.queue = threads, queue
+        self.in_use = 0  # requests running or waiting in the pool (event-loop thread only)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nanoseek-tokenizer")
+
+    def shutdown(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:  # running work ends on its own; nobody waits for what has not started
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Any) -> Any:
+        if self._pool is None:
+            raise APIError(503, "The server is not accepting requests (starting, shutting down or failed). "
+                                "Retry later.", code="service_unavailable", headers={"Retry-After": "1"})
+        if self.in_use >= self.threads + self.queue:
+            raise APIError(429, f"The server is overloaded: {self.in_use} requests are being tokenized or wait "
+                                f"for it ({self.threads} at once + {self.queue} waiting). Retry later.",
+                           code="queue_full", headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        self.in_use += 1
+
+        def release() -> None:
+            self.in_use -= 1
+
+        def done(_: Any) -> None:  # in a pool thread, or here when cancelled before it ran
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(release)
+        try:
+            future = self._pool.submit(fn)
+        except RuntimeError:  # shut down meanwhile
+            self.in_use -= 1
+            raise APIError(503, "The server is shutting down. Retry later.", code="service_unavailable",
+                           headers={"Retry-After": "1"}) from None
+        future.add_done_callback(done)
+        return await asyncio.wrap_future(future)
+
+
 def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
     """The app over `llm` (a nanoseek.LLM). The engine thread starts with the app's lifespan and stops (draining
     in-flight requests) when the server shuts down."""
@@ -249,6 +304,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
                              "tokenizer_config.json or chat_template.jinja") from None
     metrics = Metrics(cfg.served_model_name)
     worker = EngineWorker(engine, metrics, max_queue=cfg.max_queue)
+    tokenizer_pool = TokenizerPool(cfg.tokenizer_threads, cfg.tokenizer_queue)
     created = now()
     think_ids = engine.think_ids
     # keys are compared as SHA-256 digests in constant time: neither the content nor the length leaks by timing
@@ -257,13 +313,17 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        tokenizer_pool.start()
         worker.start()
         log.info("serving %s (max_model_len %d, max_num_seqs %d, max_queue %d)", cfg.served_model_name,
                  engine.max_model_len, worker.max_num_seqs, cfg.max_queue)
         try:
             yield
         finally:
-            await asyncio.to_thread(worker.shutdown, cfg.drain_timeout_s)
+            try:
+                await asyncio.to_thread(worker.shutdown, cfg.drain_timeout_s)
+            finally:
+                tokenizer_pool.shutdown()
 
     app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 
@@ -286,6 +346,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         return app.openapi_schema
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.worker = worker
+    app.state.tokenizer_pool = tokenizer_pool
     app.state.metrics = metrics
     app.state.config = cfg
     app.state.llm = llm
@@ -429,8 +490,8 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
         def render() -> tuple[str, list[int]]:
             text = tok.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
             return text, tok.encode(text, add_special_tokens=False)
-        try:  # in a thread: a long conversation must not stall the other streams
-            text, ids = await asyncio.to_thread(render)
+        try:  # in the tokenizer pool: a long conversation must not stall the other streams
+            text, ids = await tokenizer_pool.run(render)
         except (ValueError, TypeError) as e:
             raise APIError(400, f"messages: {e}", param="messages") from None
         sp = params(req, budget(len(ids), req.completion_limit, "messages"), req.num_logprobs)
@@ -463,7 +524,7 @@ def create_app(llm: Any, config: ServeConfig | None = None) -> FastAPI:
             return [(tok.encode(p), p) if isinstance(p, str)
                     else (list(p), tok.decode(p) if tok is not None and req.echo else "") for p in prompts]
         try:
-            encoded = await asyncio.to_thread(encode)
+            encoded = await tokenizer_pool.run(encode)
         except (ValueError, TypeError, OverflowError) as e:
             raise APIError(400, f"prompt: {e}", param="prompt") from None
         items, texts, total = [], [], 0

@@ -40,6 +40,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-timeout", type=float, default=30.0, help="seconds for a request body to arrive (408)")
     p.add_argument("--max-connections", type=int, default=1000, help="open connections at once (503 beyond)")
     p.add_argument("--keepalive-timeout", type=float, default=5.0, help="seconds an idle keep-alive connection stays")
+    p.add_argument("--tokenizer-threads", type=int, default=2,
+                   help="threads that render chat templates and tokenize prompts (off the event loop)")
+    p.add_argument("--tokenizer-queue", type=int, default=64,
+                   help="requests that may wait for a tokenizer thread; more are answered 429 + Retry-After")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -52,7 +56,8 @@ def run_serve(a: argparse.Namespace) -> int:
     for name, v, lo in (("--port", a.port, 0), ("--max-num-seqs", a.max_num_seqs, 1), ("--max-queue", a.max_queue, 0),
                         ("--max-request-bytes", a.max_request_bytes, 1), ("--max-connections", a.max_connections, 1),
                         ("--header-timeout", a.header_timeout, 0.001), ("--read-timeout", a.read_timeout, 0.001),
-                        ("--keepalive-timeout", a.keepalive_timeout, 0.001)):
+                        ("--keepalive-timeout", a.keepalive_timeout, 0.001),
+                        ("--tokenizer-threads", a.tokenizer_threads, 1), ("--tokenizer-queue", a.tokenizer_queue, 0)):
         if v < lo or name == "--port" and v > 65535:
             raise ValueError(f"{name}: out of range (got {v})")
     if a.num_threads is not None:
@@ -69,6 +74,7 @@ def run_serve(a: argparse.Namespace) -> int:
                       allowed_hosts=tuple(x.strip() for x in a.allowed_hosts.split(",") if x.strip()),
                       header_timeout_s=a.header_timeout, read_timeout_s=a.read_timeout,
                       max_connections=a.max_connections,
-                      keepalive_timeout_s=a.keepalive_timeout)
+                      keepalive_timeout_s=a.keepalive_timeout,
+                      tokenizer_threads=a.tokenizer_threads, tokenizer_queue=a.tokenizer_queue)
     run_server(llm, cfg, a.host, a.port, shutdown_timeout_s=a.shutdown_timeout, log_level=a.log_level)
     return 0
