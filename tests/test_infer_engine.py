@@ -388,3 +388,49 @@ def test_a_failure_building_one_requests_output_ends_it_alone(model, prompts, ex
     assert errors == [(bad, True, "error")]
     assert [got[r] for r in good] == expected and len(got[bad]) == 1
     assert engine.cache.pool.num_free == engine.cache.num_blocks
+
+
+def test_a_failure_in_mtp_drafting_switches_speculation_off_and_fails_nobody(model, prompts, expected):
+    """Issue 17 item 1: drafting is an optimisation. When the MTP drafter raises (here in its third step), the
+    engine logs it, switches speculative decoding off and every request finishes with the tokens of plain greedy
+    decoding; no request gets an error and every block comes back."""
+    llm = LLM(model, speculative=2, block_size=4)
+    engine = llm.engine
+    real_run, calls = engine.drafter.run, [0]
+
+    def run(*args):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("injected drafting fault")
+        return real_run(*args)
+    engine.drafter.run = run
+    ids = [engine.add_request(p, GREEDY) for p in prompts]
+    done = run_to_end(engine)
+    assert [done[r].outputs[0].token_ids for r in ids] == expected
+    assert all(done[r].error is None and done[r].outputs[0].finish_reason == "length" for r in ids)
+    assert engine.drafter is None and engine.stats["spec_disabled"] == 1 and calls[0] == 3
+    assert engine.cache.pool.num_free == engine.cache.num_blocks
+    again = llm.generate(prompts, GREEDY)  # and it keeps serving, with its prefix cache
+    assert [o.outputs[0].token_ids for o in again] == expected
+
+
+def test_a_failure_forking_one_request_ends_it_alone(model, prompts, expected):
+    """Sharing an n = 2 request's prompt blocks with its second sample raises: that request ends with "error",
+    the others finish as in a clean run and every block (the shared ones too) comes back."""
+    llm = LLM(model, block_size=4)
+    engine = llm.engine
+    good = [engine.add_request(p, GREEDY) for p in prompts]
+    bad = engine.add_request(prompts[2], SamplingParams(n=2, temperature=0, max_tokens=8, ignore_eos=True))
+    real_fork = engine._fork
+
+    def fork(leader, children):
+        if leader.request.request_id == bad:
+            real_fork(leader, children[:0])  # part of the work done, then the fault
+            raise MemoryError("injected fork fault")
+        return real_fork(leader, children)
+    engine._fork = fork
+    done = run_to_end(engine)
+    assert done[bad].error == "MemoryError: injected fork fault"
+    assert [done[r].outputs[0].token_ids for r in good] == expected
+    assert engine.cache.pool.num_free == engine.cache.num_blocks
+    assert not engine.scheduler.running and not engine.scheduler.waiting

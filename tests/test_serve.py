@@ -59,14 +59,14 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def live_server(model_dir: Path, *, api_key: str | None = KEY, max_num_seqs: int = 32, max_queue: int = 32,
-                graceful_s: float = 5.0, speculative: int | None = None, **config):
+                graceful_s: float = 5.0, speculative: int | None = None, http: str = "auto", **config):
     from nanoseek.serve.app import uvicorn_config
     llm = nanoseek.LLM(model_dir, max_num_seqs=max_num_seqs, speculative=speculative)
     cfg = ServeConfig(served_model_name=NAME, api_key=api_key, max_queue=max_queue, **config)
     app = create_app(llm, cfg)
     port = _free_port()
     server = uvicorn.Server(uvicorn_config(app, cfg, "127.0.0.1", port, log_level="warning",
-                                           timeout_graceful_shutdown=graceful_s))
+                                           timeout_graceful_shutdown=graceful_s, http=http))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -443,7 +443,8 @@ def _closed_by_server(sock: socket.socket, trickle: bytes, every_s: float, limit
     raise AssertionError(f"the server did not close the connection within {limit_s} s (got {reply!r})")
 
 
-def test_headers_that_trickle_in_time_out_while_others_are_served(model_dir):
+@pytest.mark.parametrize("http", ["h11", "httptools"])  # uvicorn's two HTTP/1.1 parsers ("auto" picks httptools)
+def test_headers_that_trickle_in_time_out_while_others_are_served(model_dir, http):
     """Issue 17 item 4 (slowloris): a connection whose header block has not all arrived within header_timeout_s of
     its opening gets a 408 and is closed, however steadily it keeps sending bytes (the timer is not reset by data);
     one that sends nothing is closed without an answer; other connections are served meanwhile and afterwards.
@@ -452,11 +453,13 @@ def test_headers_that_trickle_in_time_out_while_others_are_served(model_dir):
     app's own 408 after read_timeout_s, not the header timeout."""
     from nanoseek.serve.app import uvicorn_config
     from nanoseek.serve.header_timeout import HeaderTimeoutMixin, base_protocol
-    for http in ("auto", "h11"):  # the protocol class uvicorn gets extends the one asked for
-        cls = uvicorn_config(None, ServeConfig(header_timeout_s=0.5), "127.0.0.1", 1, http=http).http
-        assert issubclass(cls, HeaderTimeoutMixin) and issubclass(cls, base_protocol(http))
+    for name in ("auto", http):  # the protocol class uvicorn gets extends the one asked for
+        cls = uvicorn_config(None, ServeConfig(header_timeout_s=0.5), "127.0.0.1", 1, http=name).http
+        assert issubclass(cls, HeaderTimeoutMixin) and issubclass(cls, base_protocol(name))
         assert cls.header_timeout_s == 0.5
-    with live_server(model_dir, header_timeout_s=0.5, read_timeout_s=2.0, keepalive_timeout_s=5.0) as (base, app, _):
+    assert base_protocol(http).__module__.endswith(http + "_impl")
+    with live_server(model_dir, header_timeout_s=0.5, read_timeout_s=2.0, keepalive_timeout_s=5.0,
+                     http=http) as (base, app, _):
         port = int(base.rsplit(":", 1)[1])
         client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
         with httpx.Client(timeout=30) as normal:  # one keep-alive connection, used before, during and after

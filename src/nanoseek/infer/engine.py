@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -337,20 +337,47 @@ class LLMEngine:
             if not e.completes:
                 e.seq.num_computed += e.num_real
         if self.drafter is not None:
-            self.drafter.run(entries, segs, hidden, old, old_hidden)
+            self._draft_guarded(entries, segs, hidden, old, old_hidden)
         if self.prefix_caching:
             # not the failed requests' blocks: their tokens may lag behind num_computed, so a hash could be wrong
-            ok = [(e, seg) for e, seg in zip(entries, segs) if e.seq.request not in failed]
-            self._register_blocks([e for e, _ in ok], [seg for _, seg in ok], hidden, old)
+            for e, seg in zip(entries, segs):
+                if e.seq.request not in failed:
+                    self._guarded(failed, e.seq.request, self._register_blocks, [e], [seg], hidden, old)
         for e in entries:
             if e.seq.pending_fork and e.completes and e.seq.request not in failed:
-                self._fork(e.seq, [c for c in children if c.request is e.seq.request])
+                self._guarded(failed, e.seq.request, self._fork, e.seq,
+                              [c for c in children if c.request is e.seq.request])
         for e in entries:
             if e.seq.finished:
                 self.scheduler.remove(e.seq)
         for req in failed:  # its other samples, not scheduled in this step, free their blocks too
             for seq in req.seqs:
                 self.scheduler.remove(seq)
+
+    def _guarded(self, failed: dict[Request, Exception], req: Request, fn: Callable[..., None], *args: Any) -> None:
+        """fn(*args), the bookkeeping of one request's sequences: if it raises, that request alone ends."""
+        try:
+            fn(*args)
+        except Exception as err:
+            failed[req] = err
+            self._fail_request(req, err)
+
+    def _draft_guarded(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor,
+                       old: dict[int, int], old_hidden: dict[int, torch.Tensor | None]) -> None:
+        """MTP drafting is an optimisation: if it raises, speculative decoding is switched off for the rest of the
+        engine's life (logged once) and every request goes on with plain decoding: greedy output is the same token
+        for token, sampled output has the same distribution. No request fails because its drafts could not be made."""
+        try:
+            self.drafter.run(entries, segs, hidden, old, old_hidden)  # type: ignore[union-attr]
+        except Exception as err:
+            log.error("MTP drafting failed; speculative decoding is off from now on", exc_info=err)
+            self.drafter, self.num_spec = None, 0
+            self.scheduler.need_hidden = False  # prefix hits no longer need MTP's hidden states
+            self.stats["spec_disabled"] = 1
+            for seq in self.scheduler.running:
+                seq.drafts, seq.draft_logp = [], None
+            for e in entries:
+                e.seq.drafts, e.seq.draft_logp = [], None
 
     def _fail_request(self, req: Request, err: Exception) -> None:
         """End one request because of an error raised by its own work: every sample that has not finished gets
