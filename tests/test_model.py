@@ -419,3 +419,40 @@ def test_grouped_mm_op_traces_in_fp32():
     grouped_mm(a, b, offs).backward(g)
     torch.testing.assert_close((a.grad, b.grad), ref)
     torch.library.opcheck(grouped_mm, (a, b, offs))
+
+
+def test_training_needs_four_fp32_copies(monkeypatch):
+    """Issue 17 item 9: to train, the weights, their gradients and AdamW's two moments (4 fp32 copies), divided over
+    the processes when FSDP shards them; a model that fits for inference but not for training is refused with a
+    message that says so."""
+    import nanoseek.memory as tr
+    cfg = tiny()
+    need = model_bytes(cfg, torch.float32)
+    monkeypatch.setattr(tr, "available_memory", lambda device: 2 * need)
+    tr.check_memory(cfg, "cpu", torch.float32)
+    with pytest.raises(ModelTooLargeError, match=r"to train \(weights, gradients and AdamW's two moments in float32; "
+                                                 r"activations not counted\) but"):
+        tr.check_memory(cfg, "cpu", torch.float32, training=True)
+    tr.check_memory(cfg, "cpu", torch.float32, training=True, shards=2)  # FSDP over 2 processes: 2 copies each
+    monkeypatch.setattr(tr, "available_memory", lambda device: 4 * need)
+    tr.check_memory(cfg, "cpu", torch.float32, training=True)  # exactly enough
+    monkeypatch.setattr(tr, "available_memory", lambda device: 2 * need - 1)
+    with pytest.raises(ModelTooLargeError, match=r"float32, sharded over 2 processes; activations not counted\)"):
+        tr.check_memory(cfg, "cpu", torch.float32, training=True, shards=2)
+
+
+def test_the_trainer_refuses_a_model_it_could_not_train(tmp_path, monkeypatch):
+    """The trainer checks the training estimate on its device before building anything."""
+    import nanoseek.memory as tr
+    from nanoseek.train import trainer as trainer_mod
+    from nanoseek.train.config import TrainConfig
+    cfg = TrainConfig(model="tiny", run_dir=str(tmp_path / "run"))
+    mcfg = trainer_mod.build_model_config(cfg, 1024)
+    need = model_bytes(mcfg, torch.float32)
+    monkeypatch.setattr(tr, "available_memory", lambda device: 2 * need)  # enough to build, not to train
+    built = []
+    monkeypatch.setattr(trainer_mod, "Transformer", lambda c: built.append(c))
+    data = type("Data", (), {"vocab_size": 1024})()
+    with pytest.raises(ModelTooLargeError, match="to train"):
+        trainer_mod.Trainer(cfg, data, trainer_mod.distributed.DistEnv())
+    assert not built

@@ -1,4 +1,5 @@
-"""Will a model fit? The bytes of a model's parameters from its config alone, against the memory free on a device.
+"""Will a model fit? The bytes of a model's parameters (and, to train it, of its gradients and optimizer state) from
+its config alone, against the memory free on a device.
 
 Checked before a model is allocated from a config that came from outside (a model directory's config.json, a
 training run's settings), so that a config asking for a million layers is a one-line error naming the fields, not a
@@ -78,19 +79,32 @@ def _size_drivers(cfg: ModelConfig, itemsize: int) -> list[str]:
     return [f"{what} = {_size(n * itemsize)}" for n, what in sorted(parts, key=lambda p: -p[0]) if n]
 
 
-def check_memory(cfg: ModelConfig, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Raise ModelTooLargeError, naming the fields that drive the size, when the model's parameters need more memory
-    than `device` has free. Building on the meta device allocates nothing and is never refused."""
+# Training holds four fp32 copies of every parameter: the weights, their gradients and AdamW's two moments (exp_avg,
+# exp_avg_sq). Activations come on top and depend on the batch; they are not counted.
+TRAINING_COPIES = 4
+
+
+def check_memory(cfg: ModelConfig, device: str | torch.device, dtype: torch.dtype, *, training: bool = False,
+                 shards: int = 1) -> None:
+    """Raise ModelTooLargeError, naming the fields that drive the size, when the model needs more memory than
+    `device` has free: its parameters in `dtype`, or with `training` the TRAINING_COPIES fp32 copies of training
+    (divided over `shards` processes when FSDP shards them). Building on the meta device allocates nothing and is
+    never refused."""
     device = torch.device(device)
     if device.type == "meta":
         return
     free = available_memory(device)
     if free is None:
         return
+    dt = str(dtype).removeprefix("torch.")
     need = model_bytes(cfg, dtype)
+    what = f"for its parameters in {dt}"
+    if training:
+        need = -(-need * TRAINING_COPIES // max(1, shards))
+        what = (f"to train (weights, gradients and AdamW's two moments in {dt}"
+                f"{f', sharded over {shards} processes' if shards > 1 else ''}; activations not counted)")
     if need > free:
-        dt = str(dtype).removeprefix("torch.")
         raise ModelTooLargeError(
-            f"the model needs ~{_size(need)} for its parameters in {dt} but {_size(free)} is available on {device}: "
+            f"the model needs ~{_size(need)} {what} but {_size(free)} is available on {device}: "
             f"{'; '.join(_size_drivers(cfg, dtype.itemsize))}. Shrink these fields or use a smaller dtype "
             f"(build it under torch.device('meta') to inspect it without memory)")

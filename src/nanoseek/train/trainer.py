@@ -88,7 +88,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if model is None:
             mcfg = build_model_config(cfg, data.vocab_size)
-            check_memory(mcfg, "cpu", torch.float32)  # refused before allocating (built on the CPU in fp32, then moved)
+            # refused before allocating: built on the CPU in fp32, then moved to the device it trains on
+            check_memory(mcfg, "cpu", torch.float32)
+            check_memory(mcfg, env.device, torch.float32, training=True,
+                         shards=env.world_size if cfg.parallel == "fsdp" and env.world_size > 1 else 1)
             model = Transformer(mcfg)
             if cfg.attention == "mha":
                 from ..model.mha import use_mha
