@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -72,12 +73,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(model: Path, max_num_seqs: int, max_queue: int, threads: int):
+def server(model: Path, max_num_seqs: int, max_queue: int, threads: int, extra: tuple[str, ...] = (),
+           stderr: Any = subprocess.DEVNULL):
     port = free_port()
     cmd = [sys.executable, "-m", "nanoseek.cli", "serve", str(model), "--port", str(port), "--served-model-name",
            "bench", "--max-num-seqs", str(max_num_seqs), "--max-queue", str(max_queue), "--num-threads",
-           str(threads), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           str(threads), "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -88,7 +90,7 @@ def server(model: Path, max_num_seqs: int, max_queue: int, threads: int):
                 if httpx.get(base + "/health", timeout=1).status_code == 200:
                     break
             time.sleep(0.2)
-        yield base, proc.pid
+        yield base, proc
     finally:
         proc.terminate()
         try:
@@ -236,15 +238,15 @@ def main() -> int:
     # 2. overload: 3x the admitted slots
     seqs, queue = 8, 8
     clients = 3 * (seqs + queue)
-    with server(model, max_num_seqs=seqs, max_queue=queue, threads=a.threads) as (base, pid):
+    with server(model, max_num_seqs=seqs, max_queue=queue, threads=a.threads) as (base, proc):
         asyncio.run(closed_loop(base, 2, 1, 4))
-        rss0 = rss_mib(pid)
+        rss0 = rss_mib(proc.pid)
         n_probe = max(5, int((a.overload_seconds - 3) / 0.12))
         prober = subprocess.Popen([sys.executable, "-c", PROBE, base, "2", str(n_probe)], stdout=subprocess.PIPE,
                                   text=True)
         res, wall = asyncio.run(closed_loop(base, clients, 10_000, a.max_tokens, a.overload_seconds))
         probed = json.loads(prober.communicate(timeout=120)[0])
-        rss1 = rss_mib(pid)
+        rss1 = rss_mib(proc.pid)
     ok = [r for r in res if r.status == 200]
     shed = [r for r in res if r.status in (429, 503)]
     other = [r for r in res if r.status not in (200, 429, 503)]

@@ -306,6 +306,12 @@ def test_every_bad_request_is_answered_and_the_server_keeps_serving(base, client
         (json.dumps({**ok, "messages": [{"role": "user", "content": "\ud800"}]}), 400, None, "invalid Unicode"),
         (json.dumps({**ok, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}),
          400, "messages[0].content[0].type", "only text"),
+        # found by bench/probes.py: settings other servers implement were ignored, so a client got sampling it did
+        # not ask for
+        (json.dumps({**ok, "repetition_penalty": 1.2}), 400, None, "repetition_penalty: not supported"),
+        (json.dumps({**ok, "guided_json": {"type": "object"}}), 400, None, "guided_json: not supported"),
+        (json.dumps({**ok, "tool_choice": 5}), 400, "tool_choice", "only 'none' or 'auto'"),
+        (json.dumps({**ok, "tool_choice": "required"}), 400, "tool_choice", None),
     ]
     for body, status, param, match in cases:
         _check_error(_post(base, body), status, param=param, match=match)
@@ -960,3 +966,31 @@ def test_cli_rejects_bad_arguments(model_dir, capsys):
     assert main(["serve", str(model_dir), "--tokenizer-threads", "0"]) == 2
     assert "--tokenizer-threads" in capsys.readouterr().err
     assert main(["serve", str(model_dir / "missing")]) == 2
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_a_header_block_past_the_cap_is_a_431(model_dir, http):
+    """A probe of issue 17 found httptools reading and answering a 10 MB header block. Past max_header_bytes the
+    server answers 431 and closes, in one segment or trickled; a block just under the cap is served, and a body
+    sent in the same segment as the headers does not count toward it."""
+    with live_server(model_dir, max_header_bytes=1024, http=http) as (base, app, _):
+        port = int(base.rsplit(":", 1)[1])
+
+        def send(*parts: bytes) -> str:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                for part in parts:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        s.sendall(part)
+                return _read_response(s)
+        head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+        fill = 1024 - len(head) - 4  # the block with its blank line is exactly 1,024 bytes
+        assert send(head + b"a" * fill + b"\r\n\r\n").startswith("HTTP/1.1 200")
+        reply = send(head + b"a" * (fill + 1) + b"\r\n\r\n")
+        assert reply.startswith("HTTP/1.1 431") and "exceed 1024 bytes" in reply, reply
+        assert send(head, b"a" * 600, b"a" * 600).startswith("HTTP/1.1 431")  # over several segments
+        assert send(head + b"a" * 10_000_000).startswith("HTTP/1.1 431")
+        body = json.dumps({"model": NAME, "prompt": "hi", "max_tokens": 1, "user": "u" * 6000}).encode()
+        post = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + KEY.encode() +
+                b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert send(post).startswith("HTTP/1.1 200")  # 6 kB of body in the headers' segment
+        assert httpx.get(base + "/health").status_code == 200

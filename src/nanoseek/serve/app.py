@@ -65,6 +65,7 @@ class ServeConfig:
     # a request body must arrive within read_timeout_s (else 408); at most max_connections connections are open at
     # once (uvicorn answers 503 beyond); idle keep-alive connections close after keepalive_timeout_s.
     header_timeout_s: float = 10.0
+    max_header_bytes: int = 65536  # a longer header block: 431 and closed (nginx allows 32 KiB, h11 16 KiB)
     read_timeout_s: float = 30.0
     max_connections: int = 1000
     keepalive_timeout_s: float = 5.0
@@ -569,7 +570,7 @@ def uvicorn_config(app: Any, config: ServeConfig, host: str, port: int, **kwargs
     import uvicorn
 
     from .header_timeout import header_timeout_protocol
-    http = header_timeout_protocol(kwargs.pop("http", "auto"), config.header_timeout_s)
+    http = header_timeout_protocol(kwargs.pop("http", "auto"), config.header_timeout_s, config.max_header_bytes)
     return uvicorn.Config(app, host=host, port=port, limit_concurrency=config.max_connections,
                           timeout_keep_alive=config.keepalive_timeout_s, http=http, **kwargs)
 

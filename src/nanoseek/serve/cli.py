@@ -37,6 +37,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated Host names accepted besides localhost and IP addresses ('*' for any)")
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds for a request's headers to arrive (408 and closed; slowloris clients)")
+    p.add_argument("--max-header-bytes", type=int, default=65536,
+                   help="bytes a request's line and headers may take (431 and closed beyond)")
     p.add_argument("--read-timeout", type=float, default=30.0, help="seconds for a request body to arrive (408)")
     p.add_argument("--max-connections", type=int, default=1000, help="open connections at once (503 beyond)")
     p.add_argument("--keepalive-timeout", type=float, default=5.0, help="seconds an idle keep-alive connection stays")
@@ -55,6 +57,7 @@ def run_serve(a: argparse.Namespace) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for name, v, lo in (("--port", a.port, 0), ("--max-num-seqs", a.max_num_seqs, 1), ("--max-queue", a.max_queue, 0),
                         ("--max-request-bytes", a.max_request_bytes, 1), ("--max-connections", a.max_connections, 1),
+                        ("--max-header-bytes", a.max_header_bytes, 256),
                         ("--header-timeout", a.header_timeout, 0.001), ("--read-timeout", a.read_timeout, 0.001),
                         ("--keepalive-timeout", a.keepalive_timeout, 0.001),
                         ("--tokenizer-threads", a.tokenizer_threads, 1), ("--tokenizer-queue", a.tokenizer_queue, 0)):
@@ -73,6 +76,7 @@ def run_serve(a: argparse.Namespace) -> int:
                       allowed_origins=tuple(x.strip() for x in a.allowed_origins.split(",") if x.strip()),
                       allowed_hosts=tuple(x.strip() for x in a.allowed_hosts.split(",") if x.strip()),
                       header_timeout_s=a.header_timeout, read_timeout_s=a.read_timeout,
+                      max_header_bytes=a.max_header_bytes,
                       max_connections=a.max_connections,
                       keepalive_timeout_s=a.keepalive_timeout,
                       tokenizer_threads=a.tokenizer_threads, tokenizer_queue=a.tokenizer_queue)

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..infer.sampling import MAX_COUNT, MAX_TOKEN_ID
 
@@ -95,6 +95,11 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 MAX_STOP = 16
 MAX_STOP_CHARS = 256
 MAX_STOP_IDS = 64
+# Sampling settings other servers (vLLM) accept and this one does not implement: refused with a 400, not ignored
+# like unknown fields are, so that a client asking for one does not silently get sampling it did not ask for.
+UNSUPPORTED = ("repetition_penalty", "length_penalty", "use_beam_search", "prompt_logprobs", "guided_json",
+               "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "bad_words",
+               "allowed_token_ids")
 
 
 def check_text(obj: Any, where: str = "request") -> None:
@@ -159,6 +164,15 @@ class _Sampling(_Strict):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in UNSUPPORTED:
+                if data.get(name) is not None:
+                    raise ValueError(f"{name}: not supported by this server")
+        return data
+
     def check_common(self) -> None:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if any(not s for s in stops):
@@ -206,6 +220,9 @@ class ChatCompletionRequest(_Sampling):
             raise APIError(400, "top_logprobs: requires logprobs to be true", param="top_logprobs")
         if self.tools:
             raise APIError(400, "tools: function calling is not supported by this server", param="tools")
+        if self.tool_choice is not None and self.tool_choice not in ("none", "auto"):
+            raise APIError(400, "tool_choice: only 'none' or 'auto' (function calling is not supported by this "
+                                "server)", param="tool_choice")
         if self.response_format is not None and self.response_format.get("type", "text") != "text":
             raise APIError(400, "response_format: only {'type': 'text'} is supported", param="response_format")
         if self.max_tokens is not None and self.max_completion_tokens is not None \
