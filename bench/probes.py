@@ -298,7 +298,7 @@ def probe_sigterm(model: Path, streams: int) -> dict[str, Any]:
 def probe_kill9(root: Path, kills: int, seed: int) -> dict[str, Any]:
     """Kill a training run at `kills` random moments, resuming each time; compare with an uninterrupted run."""
     from safetensors.torch import load_file
-    args = ["--data", "tasks", "--max_steps", "24", "--seq_len", "64", "--batch_size", "4", "--ckpt_every", "2",
+    args = ["--data", "tasks", "--max_steps", "160", "--seq_len", "64", "--batch_size", "4", "--ckpt_every", "2",
             "--eval_every", "8", "--warmup_steps", "2", "--progress", "false", "--threads", "1", "--seed", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -312,16 +312,23 @@ def probe_kill9(root: Path, kills: int, seed: int) -> dict[str, Any]:
         return {"findings": [f"uninterrupted run failed: {err.decode()[-300:]}"]}
     length = time.monotonic() - t0
     rng = random.Random(seed)
-    run, findings, when = root / "killed", [], []
+    run, findings, when, phase = root / "killed", [], [], []
     for k in range(kills):
         proc = train(run, "--resume", "true")
-        delay = rng.uniform(0.5, length)
+        delay = rng.uniform(1.0, length / 3)  # each attempt gets a part of the run: the kills spread over it
         when.append(round(delay, 1))
         try:
             proc.wait(timeout=delay)  # it finished before the kill: start over, later kills hit the export or nothing
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            # where it died: the newest checkpoint, half-written files, the export
+            ckpts = sorted((run / "checkpoints").glob("step_*.pt")) if (run / "checkpoints").exists() else []
+            tmp = [q.name for q in run.rglob("*") if ".tmp" in q.name]
+            phase.append(f"{ckpts[-1].stem if ckpts else 'no checkpoint'}"
+                         f"{', mid-write' if tmp else ''}{', export begun' if (run / 'model').exists() else ''}")
+            continue
+        phase.append("finished before the kill")
     last = train(run, "--resume", "true")
     _, err = last.communicate(timeout=900)
     if last.returncode != 0:
@@ -338,7 +345,8 @@ def probe_kill9(root: Path, kills: int, seed: int) -> dict[str, Any]:
         return [json.loads(line).get("step") for line in (r / "metrics.jsonl").read_text().splitlines() if line]
     if steps(run) != steps(root / "ref"):
         findings.append(f"metrics.jsonl rows differ from the uninterrupted run's: {steps(run)[:40]}")
-    return {"kills": kills, "kills_at_s": when, "run_s": round(length, 1), "tensors": len(a), "findings": findings}
+    return {"kills": kills, "kills_at_s": when, "killed_at": phase, "run_s": round(length, 1), "tensors": len(a),
+            "findings": findings}
 
 
 def main() -> int:
