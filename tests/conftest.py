@@ -11,3 +11,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def mtp_logits(model, input_ids: torch.Tensor, hidden: torch.Tensor) -> list[torch.Tensor]:
+    """Training-time MTP logits per depth: the shared head over Transformer.forward_mtp_hidden."""
+    return [model.head(h) for h in model.forward_mtp_hidden(input_ids, hidden)]

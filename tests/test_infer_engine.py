@@ -273,23 +273,6 @@ def test_fork_without_a_free_block_recomputes_the_sample(model, prompts):
     assert out.metrics.num_cached_tokens == 0  # the second sample could not share the prompt: recomputed
 
 
-def test_engine_absorbed_attention_equals_the_model_absorbed_path(model):
-    from nanoseek.infer.runner import absorbed_attention
-    attn = model.layers[1].attn
-    cfg = model.config
-    g = torch.Generator().manual_seed(0)
-    B, S, T, H = 3, 2, 11, cfg.num_attention_heads
-    q_nope = torch.randn(B, S, H, cfg.qk_nope_head_dim, generator=g)
-    q_pe = torch.randn(B, S, H, cfg.qk_rope_head_dim, generator=g)
-    kv = torch.randn(B, T, cfg.kv_lora_rank + cfg.qk_rope_head_dim, generator=g)
-    mask = torch.rand(B, S, T, generator=g) < 0.7
-    mask[..., 0] = True
-    with torch.no_grad():
-        want = attn.absorbed(q_nope, q_pe, kv[..., :cfg.kv_lora_rank], kv[..., cfg.kv_lora_rank:], mask)
-        got = absorbed_attention(attn, q_nope, q_pe, kv, mask)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-
-
 # ---------------------------------------------------------------------------------------------------- issue 17 item 1
 def run_to_end(engine) -> dict:
     """Step until every request is finished; the final RequestOutput of each."""

@@ -11,6 +11,7 @@ from nanoseek.info import count
 from nanoseek.model.moe import Experts, Gate, MoE
 from nanoseek.model.rope import apply_rope, inv_freq
 from nanoseek.memory import ModelTooLargeError, available_memory, check_memory, model_bytes
+from conftest import mtp_logits  # noqa: E402
 
 
 def tiny(**kw) -> ModelConfig:
@@ -27,7 +28,7 @@ def test_shapes_and_dtypes(model):
     ids = torch.randint(0, model.config.vocab_size, (2, 12))
     logits = model(ids)
     assert logits.shape == (2, 12, model.config.vocab_size) and logits.dtype == torch.float32
-    mtp = model.forward_mtp(ids, model.forward_hidden(ids))
+    mtp = mtp_logits(model, ids, model.forward_hidden(ids))
     assert [t.shape for t in mtp] == [(2, 11, model.config.vocab_size)]
     m16 = Transformer(tiny()).to(torch.bfloat16)
     assert m16(ids).dtype == torch.bfloat16
@@ -73,7 +74,7 @@ def test_absorbed_attention_matches_naive_math():
     q_pe = torch.randn(b, s, cfg.num_attention_heads, cfg.qk_rope_head_dim)
     c = torch.randn(b, t, cfg.kv_lora_rank)
     k_pe = torch.randn(b, t, cfg.qk_rope_head_dim)
-    out = attn.absorbed(q_nope, q_pe, c, k_pe, None)
+    out = attn.absorbed(q_nope, q_pe, torch.cat([c, k_pe], -1), None)
     kv = attn.wkv_b(c).unflatten(-1, (cfg.num_attention_heads, -1))
     k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
     scores = (torch.einsum("bshd,bthd->bsht", q_nope, k_nope) + torch.einsum("bshr,btr->bsht", q_pe, k_pe))
@@ -235,9 +236,16 @@ def test_mtp_concatenation_order(model):
 def test_mtp_step_matches_training_forward(model):
     ids = torch.randint(0, model.config.vocab_size, (1, 9))
     h = model.forward_hidden(ids)
-    (train_logits,) = model.forward_mtp(ids, h)
-    logits, _ = model.mtp_step(0, ids[:, 1:], h[:, :-1], torch.arange(1, 9))
+    (train_logits,) = mtp_logits(model, ids, h)
+    logits = model.head(model.mtp_step(0, ids[:, 1:], h[:, :-1], torch.arange(1, 9)))
     torch.testing.assert_close(logits, train_logits)
+    # over a latent cache (the drafting path, absorbed attention), token by token after a prefill of 4
+    cache = LatentCache(model.config, 1, 16, n_layers=model.config.num_hidden_layers + 1)
+    steps = []
+    for s, e in [(1, 5), (5, 6), (6, 9)]:
+        steps.append(model.head(model.mtp_step(0, ids[:, s:e], h[:, s - 1:e - 1], torch.arange(s, e), cache=cache)))
+        cache.advance()
+    torch.testing.assert_close(torch.cat(steps, 1), train_logits, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ counts
@@ -329,7 +337,7 @@ def test_latent_cache_bytes_formula():
     cfg = ModelConfig.preset("deepseek-v3")
     assert LatentCache.bytes_per_token(cfg) == 61 * 576 * 2 == 70_272
     c = LatentCache(tiny(), 1, 8, dtype=torch.bfloat16)
-    per_token = (c.kv.numel() + c.pe.numel()) * 2 // 8
+    per_token = c.kv.numel() * 2 // 8
     t = tiny()
     assert per_token == (t.num_hidden_layers + t.num_nextn_predict_layers) * (t.kv_lora_rank + t.qk_rope_head_dim) * 2
 

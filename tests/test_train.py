@@ -16,6 +16,7 @@ from nanoseek.train.optim import lr_at, param_groups
 from nanoseek.train.data import pretraining_data
 from nanoseek.info import count
 from nanoseek.model import Transformer
+from conftest import mtp_logits  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -308,7 +309,7 @@ def test_objective_matches_full_logits_cross_entropy():
     model.zero_grad()
     h = model.forward_hidden(x)
     ce = F.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-100)
-    (mtp,) = model.forward_mtp(x, h)
+    (mtp,) = mtp_logits(model, x, h)
     ref = ce + 0.3 * F.cross_entropy(mtp.flatten(0, 1), y[:, 1:].flatten(), ignore_index=-100)
     ref.backward()
     torch.testing.assert_close(parts["ce"], ce.detach())

@@ -1,19 +1,16 @@
 """Runs the model over one step's packed tokens with attention over the paged latent cache.
 
 All tokens of the step (decodes, draft verifications, prefill chunks of several sequences) are packed in one row
-(1, N) so that every projection, router and expert runs once per step over all of them. Only attention is per
-sequence; it reads the cache:
+(1, N) so that every projection, router and expert runs once per step over all of them. The model's own forward
+(`Transformer.forward_hidden`, `Transformer.mtp_step`) runs them; only attention differs, through the model's
+`AttentionCache` protocol: `PagedAttention` writes the step's latents into the paged cache and gives each sequence
+attention over its own context:
 - decode-like sequences (a few new tokens each: decoding, or verifying MTP drafts) form one padded batch over their
-  cache blocks (one index_select of whole blocks) and use MLA's absorbed path: scores = (q_nope·W_UK)·c +
-  q_pe·k_pe over the cached rows, output W_UV·(p·c) (`absorbed_attention`, the same function as `MLA.absorbed`
-  written as batched matmuls over the cache's [c ; k_pe] rows; a test compares the two);
+  cache blocks (one index_select of whole blocks) on MLA's absorbed path (`MLA.absorbed`);
 - prefill chunks use the decompressed path (`MLA.decompressed`, per-head K/V from the latents, SDPA), over the
   chunk alone when nothing is cached before it, else over the gathered context; `prefill_attention="absorbed"`
   runs them on the absorbed path instead (the test that both agree uses it).
-The latents of the new tokens are written into the cache before attention reads it.
-
-The layer loop mirrors `Block.forward` / `MTP.forward` of nanoseek.model (same submodules, same order); the tests
-compare the engine with plain `model(ids)` so any divergence shows.
+`build_meta` turns the step's segments into the index tensors these need, once per step for every layer.
 """
 from __future__ import annotations
 
@@ -22,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model.rope import rope_cos_sin
 from .paged_cache import PagedLatentCache
 
 
@@ -100,53 +96,35 @@ def build_meta(segments: list[Segment], block_size: int, device: torch.device, c
     return meta
 
 
-def absorbed_attention(attn: nn.Module, q_nope: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor,
-                       mask: torch.Tensor) -> torch.Tensor:
-    """MLA's absorbed path (the same function as `MLA.absorbed`) laid out for the cache's rows [c ; k_pe]:
-        q_lat = q_nope · W_UK (per head),  score = [q_lat ; q_pe] · [c ; k_pe] · softmax_scale  (one matmul),
-        o = W_UV · (softmax(score) · c).
-    q_nope (B,S,h,d_n), q_pe (B,S,h,r), kv (B,T,C+R) cached rows, mask (B,S,T) True = may attend.
-    Returns (B,S,h,d_v). Batched matmuls over views of the weights: no per-call weight copies, and updated
-    weights (RL training) are always the ones used."""
-    B, S, H, dn = q_nope.shape
-    C = attn.kv_lora_rank
-    kv = kv.to(q_nope.dtype)
-    w = attn.wkv_b.weight.view(H, -1, C)  # per head: d_n rows of W_UK, then d_v rows of W_UV
-    q_lat = torch.bmm(q_nope.reshape(B * S, H, dn).transpose(0, 1), w[:, :dn])  # (h, B·S, C)
-    q = torch.cat([q_lat.transpose(0, 1), q_pe.reshape(B * S, H, -1)], dim=-1).view(B, S * H, -1)
-    scores = torch.bmm(q, kv.transpose(1, 2)).float().view(B, S, H, -1) * attn.softmax_scale
-    p = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(dim=-1).to(kv.dtype)
-    o_lat = torch.bmm(p.view(B, S * H, -1), kv[..., :C])  # (B, S·h, C)
-    out = torch.bmm(o_lat.view(B * S, H, C).transpose(0, 1), w[:, dn:].transpose(1, 2))  # (h, B·S, d_v)
-    return out.transpose(0, 1).reshape(B, S, H, -1)
+class PagedAttention:
+    """The model's `AttentionCache` over the paged latent cache for one step's packed rows (b = 1, N rows)."""
 
+    def __init__(self, cache: PagedLatentCache, meta: AttnMeta, prefill_attention: str = "decompressed"):
+        self.cache, self.meta, self.prefill_attention = cache, meta, prefill_attention
 
-class ModelRunner:
-    def __init__(self, model: nn.Module, cache: PagedLatentCache, prefill_attention: str = "decompressed"):
-        if prefill_attention not in ("decompressed", "absorbed"):
-            raise ValueError(f"prefill_attention: expected 'decompressed' or 'absorbed' (got {prefill_attention!r})")
-        self.model = model
-        self.cfg = model.config
-        self.cache = cache
-        self.prefill_attention = prefill_attention
-
-    # ------------------------------------------------------------------ attention over the cache
-    def _attention(self, attn: nn.Module, layer: int, q_nope: torch.Tensor, q_pe: torch.Tensor, c: torch.Tensor,
-                   k_pe: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
-        """q_nope (N,h,d), q_pe (N,h,r), this step's c (N,C), k_pe (N,R) -> (N,h,d_v)."""
+    def attend(self, attn: nn.Module, q_nope: torch.Tensor, q_pe: torch.Tensor, c: torch.Tensor, k_pe: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q_nope (1,N,h,d), q_pe (1,N,h,r), this step's c (1,N,C), k_pe (1,N,R) -> (1,N,h,d_v). `mask` is unused:
+        each sequence's context comes from the step's metadata."""
+        meta, layer = self.meta, attn.layer_id
+        q_nope, q_pe, c, k_pe = q_nope[0], q_pe[0], c[0], k_pe[0]
         self.cache.write(layer, meta.slots, c, k_pe)
         if meta.dec_only:  # decoding (or verifying) S tokens per sequence: queries b·S .. b·S + S − 1
             kv = self.cache.gather_rows(layer, meta.dec_blocks)
             B, S = meta.dec_mask.shape[:2]
-            o = absorbed_attention(attn, q_nope.view(B, S, *q_nope.shape[1:]), q_pe.view(B, S, *q_pe.shape[1:]),
-                                   kv, meta.dec_mask)
-            return o.reshape(B * S, *o.shape[2:])
+            o = attn.absorbed(q_nope.view(B, S, *q_nope.shape[1:]), q_pe.view(B, S, *q_pe.shape[1:]), kv,
+                              meta.dec_mask)
+            return o.reshape(1, B * S, *o.shape[2:])
         out = q_nope.new_empty(q_nope.shape[0], attn.n_heads, attn.v_head_dim)
         if meta.dec_rows is not None:
             kv = self.cache.gather_rows(layer, meta.dec_blocks)
-            o = absorbed_attention(attn, q_nope[meta.dec_rows], q_pe[meta.dec_rows], kv, meta.dec_mask)
+            o = attn.absorbed(q_nope[meta.dec_rows], q_pe[meta.dec_rows], kv, meta.dec_mask)
             out[meta.dec_rows[meta.dec_valid]] = o[meta.dec_valid].to(out.dtype)
-        attend = attn.absorbed if self.prefill_attention == "absorbed" else attn.decompressed
+        if self.prefill_attention == "absorbed":
+            def attend(qn, qp, cc, pe, m):  # noqa: ANN001, ANN202 (the decompressed path's signature)
+                return attn.absorbed(qn, qp, torch.cat([cc, pe], dim=-1), m)
+        else:
+            attend = attn.decompressed
         if meta.fresh_rows is not None:
             r, valid = meta.fresh_rows, meta.fresh_valid
             o = attend(q_nope[r], q_pe[r], c[r].to(q_nope.dtype), k_pe[r].to(q_nope.dtype), meta.fresh_mask)
@@ -154,47 +132,41 @@ class ModelRunner:
         for row, n, ctx in meta.prefill or ():
             qn, qp = q_nope[None, row:row + n], q_pe[None, row:row + n]
             if ctx is None:
-                cc, pe, mask = c[None, row:row + n], k_pe[None, row:row + n], None
+                cc, pe, m = c[None, row:row + n], k_pe[None, row:row + n], None
             else:
                 table, lo, hi = ctx
                 cc, pe = self.cache.gather_blocks(layer, table)
                 cc, pe = cc[:, lo:hi], pe[:, lo:hi]
                 t = hi - lo
-                mask = torch.ones(n, t, dtype=torch.bool, device=table.device).tril(t - n)[None]
-            o = attend(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), mask)
+                m = torch.ones(n, t, dtype=torch.bool, device=table.device).tril(t - n)[None]
+            o = attend(qn, qp, cc.to(qn.dtype), pe.to(qn.dtype), m)
             out[row:row + n] = o[0].to(out.dtype)
-        return out
+        return out[None]
 
-    def _block(self, block: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               meta: AttnMeta) -> torch.Tensor:
-        """Block.forward with attention over the paged cache. h (1, N, dim)."""
-        attn = block.attn
-        x = block.attn_norm(h)
-        q_nope, q_pe = attn.query(x, cos, sin)
-        c, k_pe = attn.latent(x, cos, sin)
-        o = self._attention(attn, attn.layer_id, q_nope[0], q_pe[0], c[0], k_pe[0], meta)
-        h = h + attn.wo(o.flatten(1))[None]
-        return h + block.ffn(block.ffn_norm(h))
 
-    # ------------------------------------------------------------------ passes
+class ModelRunner:
+    """The model's forward over a step's packed rows, attending through `PagedAttention`."""
+
+    def __init__(self, model: nn.Module, cache: PagedLatentCache, prefill_attention: str = "decompressed"):
+        if prefill_attention not in ("decompressed", "absorbed"):
+            raise ValueError(f"prefill_attention: expected 'decompressed' or 'absorbed' (got {prefill_attention!r})")
+        self.model = model
+        self.cache = cache
+        self.prefill_attention = prefill_attention
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
         """Main model over packed tokens (N,) at positions (N,): final hidden states (N, dim), after the norm."""
-        cos, sin = rope_cos_sin(self.cfg, positions[None])
-        h = self.model.embed(input_ids[None])
-        for layer in self.model.layers:
-            h = self._block(layer, h, cos, sin, meta)
-        return self.model.norm(h)[0]
+        cache = PagedAttention(self.cache, meta, self.prefill_attention)
+        return self.model.forward_hidden(input_ids[None], positions[None], cache=cache)[0]
 
     @torch.inference_mode()
     def mtp(self, k: int, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
             meta: AttnMeta) -> torch.Tensor:
-        """MTP module k (MTP.forward): row i combines hidden (N, dim) at position p−1 and next_ids at p = positions.
-        Returns the module's normed output (N, dim); `logits` of it are its predictions for position p + 1."""
-        m = self.model.mtp[k]
-        cos, sin = rope_cos_sin(self.cfg, positions[None])
-        x = m.eh_proj(torch.cat([m.enorm(self.model.embed(next_ids[None])), m.hnorm(hidden[None])], dim=-1))
-        return m.norm(self._block(m.block, x, cos, sin, meta))[0]
+        """MTP module k: row i combines hidden (N, dim) at position p−1 and next_ids at p = positions. Returns the
+        module's normed output (N, dim); `logits` of it are its predictions for position p + 1."""
+        cache = PagedAttention(self.cache, meta, self.prefill_attention)
+        return self.model.mtp_step(k, next_ids[None], hidden[None], positions[None], cache=cache)[0]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

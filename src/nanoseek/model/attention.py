@@ -27,10 +27,17 @@ from .layers import RMSNorm
 from .rope import apply_rope
 
 
-class LatentCacheLike(Protocol):
-    """What the absorbed path needs from a cache: store this step's latents, return the whole context's."""
+class AttentionCache(Protocol):
+    """Attention over a cache of earlier tokens: the one protocol the model calls. MLA computes this step's queries
+    and latents; the cache stores the latents (c, k_pe) where it keeps them and attends over its context with
+    MLA's absorbed path (`MLA.absorbed`). Two implementations: `LatentCache` (contiguous, model/cache.py) and the
+    inference engine's paged cache (`nanoseek.infer.runner.PagedAttention`), which packs many sequences into one
+    row and gives each its own context."""
 
-    def update(self, layer_id: int, c: torch.Tensor, k_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def attend(self, attn: "MLA", q_nope: torch.Tensor, q_pe: torch.Tensor, c: torch.Tensor, k_pe: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """q_nope (b,s,h,d), q_pe (b,s,h,r), this step's c (b,s,c) and k_pe (b,s,r) -> (b,s,h,d_v)."""
+        ...
 
 
 class MLA(nn.Module):
@@ -74,15 +81,16 @@ class MLA(nn.Module):
         return self.kv_norm(c), apply_rope(k_pe, cos, sin)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None, cache: LatentCacheLike | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: AttentionCache | None = None) -> torch.Tensor:
         """x (b,s,dim); cos/sin (b,s,r/2). mask: bool, True = may attend, (b,s,t) or None for causal over x alone.
-        With a cache the absorbed path attends over everything the cache returns."""
+        With a cache, the cache attends (over its context, on the absorbed path)."""
         q_nope, q_pe = self.query(x, cos, sin)
         c, k_pe = self.latent(x, cos, sin)
         if cache is not None:
-            c, k_pe = cache.update(self.layer_id, c, k_pe)
-            return self.wo(self.absorbed(q_nope, q_pe, c, k_pe, mask).flatten(2))
-        return self.wo(self.decompressed(q_nope, q_pe, c, k_pe, mask).flatten(2))
+            o = cache.attend(self, q_nope, q_pe, c, k_pe, mask)
+        else:
+            o = self.decompressed(q_nope, q_pe, c, k_pe, mask)
+        return self.wo(o.flatten(2))
 
     def decompressed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c: torch.Tensor, k_pe: torch.Tensor,
                      mask: torch.Tensor | None) -> torch.Tensor:
@@ -100,19 +108,24 @@ class MLA(nn.Module):
             attn_mask=None if mask is None else mask[:, None], is_causal=mask is None, scale=self.softmax_scale)
         return o.transpose(1, 2)[..., :self.v_head_dim]
 
-    def absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c: torch.Tensor, k_pe: torch.Tensor,
+    def absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor,
                  mask: torch.Tensor | None) -> torch.Tensor:
-        """Attention over latents (b,t,c) and rope keys (b,t,r) without materialising K or V. Returns (b,s,h,d_v).
-        mask None means causal with the queries aligned to the last positions of the context."""
-        wkv_b = self.wkv_b.weight.view(self.n_heads, -1, self.kv_lora_rank)
-        w_uk, w_uv = wkv_b[:, :self.qk_nope_head_dim], wkv_b[:, self.qk_nope_head_dim:]
-        q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)  # W_UK absorbed into the query
-        scores = (torch.einsum("bshc,btc->bsht", q_lat, c) + torch.einsum("bshr,btr->bsht", q_pe, k_pe)).float()
-        scores = scores * self.softmax_scale
+        """Attention over cached rows kv = [c ; k_pe] (b,t,c+r) without materialising K or V:
+            q_lat = q_nope · W_UK (per head),   score = [q_lat ; q_pe] · [c ; k_pe] · softmax_scale   (one matmul),
+            o = W_UV · (softmax(score) · c).
+        mask (b,s,t), True = may attend; None means causal with the queries at the last positions of the context.
+        Returns (b,s,h,d_v). Batched matmuls over views of W_kvb: no weight copies, so weights updated in place
+        (RL training between rollouts) are always the ones used."""
+        B, S, H, dn = q_nope.shape
+        C, T = self.kv_lora_rank, kv.shape[1]
+        kv = kv.to(q_nope.dtype)
+        w = self.wkv_b.weight.view(H, -1, C)  # per head: d_n rows of W_UK, then d_v rows of W_UV
+        q_lat = torch.bmm(q_nope.reshape(B * S, H, dn).transpose(0, 1), w[:, :dn])  # (h, b·s, c)
+        q = torch.cat([q_lat.transpose(0, 1), q_pe.reshape(B * S, H, -1)], dim=-1).view(B, S * H, -1)
+        scores = torch.bmm(q, kv.transpose(1, 2)).float().view(B, S, H, T) * self.softmax_scale
         if mask is None:
-            s, t = scores.shape[1], scores.shape[-1]
-            mask = torch.ones(s, t, dtype=torch.bool, device=scores.device).tril(t - s)[None]
-        scores = scores.masked_fill(~mask[:, :, None, :], float("-inf"))
-        p = scores.softmax(dim=-1).to(c.dtype)
-        o_lat = torch.einsum("bsht,btc->bshc", p, c)
-        return torch.einsum("bshc,hdc->bshd", o_lat, w_uv)  # W_UV applied after attention
+            mask = torch.ones(S, T, dtype=torch.bool, device=kv.device).tril(T - S)[None]
+        p = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(dim=-1).to(kv.dtype)
+        o_lat = torch.bmm(p.view(B, S * H, T), kv[..., :C])  # (b, s·h, c)
+        out = torch.bmm(o_lat.view(B * S, H, C).transpose(0, 1), w[:, dn:].transpose(1, 2))  # (h, b·s, d_v)
+        return out.transpose(0, 1).reshape(B, S, H, -1)

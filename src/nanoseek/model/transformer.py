@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import MLA, LatentCacheLike
+from .attention import MLA, AttentionCache
 from .layers import MLP, RMSNorm, init_parameters
 from .moe import MoE
 from .rope import rope_cos_sin
@@ -26,7 +26,7 @@ class Block(nn.Module):
         self.ffn: MoE | MLP = MoE(cfg) if moe else MLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None, cache: LatentCacheLike | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: AttentionCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         return x + self.ffn(self.ffn_norm(x))
 
@@ -43,7 +43,7 @@ class MTP(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)  # shared_head.norm in the checkpoint
 
     def forward(self, emb: torch.Tensor, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None, cache: LatentCacheLike | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: AttentionCache | None = None) -> torch.Tensor:
         x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
         return self.norm(self.block(x, cos, sin, mask, cache))
 
@@ -76,14 +76,14 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward passes
     def _positions(self, input_ids: torch.Tensor, positions: torch.Tensor | None,
-                   cache: LatentCacheLike | None) -> torch.Tensor:
+                   cache: AttentionCache | None) -> torch.Tensor:
         if positions is not None:
             return positions.expand(input_ids.shape) if positions.dim() == 1 else positions
         start = getattr(cache, "length", 0) if cache is not None else 0
         return torch.arange(start, start + input_ids.shape[1], device=input_ids.device).expand(input_ids.shape)
 
     def forward_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                       mask: torch.Tensor | None = None, cache: LatentCacheLike | None = None) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, cache: AttentionCache | None = None) -> torch.Tensor:
         """Final hidden states (after the final norm), (batch, seq, dim).
 
         positions: (seq,) or (batch, seq); default 0.. (or continuing from cache.length). mask: bool (batch, seq,
@@ -97,37 +97,30 @@ class Transformer(nn.Module):
         return self.norm(h)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, cache: LatentCacheLike | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: AttentionCache | None = None) -> torch.Tensor:
         return self.head(self.forward_hidden(input_ids, positions, mask, cache))
-
-    def forward_mtp(self, input_ids: torch.Tensor, hidden: torch.Tensor,
-                    positions: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Training-time MTP over a whole sequence. hidden: forward_hidden(input_ids). Returns, for each depth k,
-        logits (batch, seq − k, vocab) where position i predicts token i + k + 1."""
-        return [self.head(h) for h in self.forward_mtp_hidden(input_ids, hidden, positions)]
 
     def forward_mtp_hidden(self, input_ids: torch.Tensor, hidden: torch.Tensor,
                            positions: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """forward_mtp before the shared output head: for each depth k, (batch, seq − k, dim)."""
+        """Training-time MTP over a whole sequence. hidden: forward_hidden(input_ids). Returns, for each depth k,
+        the hidden states (batch, seq − k, dim) whose `head` at position i predicts token i + k + 1."""
         pos = self._positions(input_ids, positions, None)
         out, h = [], hidden
-        for k, mtp in enumerate(self.mtp, start=1):
+        for k in range(1, len(self.mtp) + 1):
             n = input_ids.shape[1] - k
             if n <= 0:
                 break
-            cos, sin = rope_cos_sin(self.config, pos[:, k:])
-            h = mtp(self.embed(input_ids[:, k:]), h[:, :n], cos, sin)
+            h = self.mtp_step(k - 1, input_ids[:, k:], h[:, :n], pos[:, k:])
             out.append(h)
         return out
 
     def mtp_step(self, k: int, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
-                 mask: torch.Tensor | None = None, cache: LatentCacheLike | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One MTP module for drafting: embeds next_ids (the tokens after `hidden`'s positions, at `positions`),
-        returns (logits, hidden) so depth k + 1 can continue from hidden."""
+                 mask: torch.Tensor | None = None, cache: AttentionCache | None = None) -> torch.Tensor:
+        """MTP module k for drafting: embeds next_ids (the tokens after `hidden`'s positions, at `positions`) and
+        returns the module's hidden state (after its norm): `head` of it predicts the token after each of
+        next_ids, and depth k + 1 continues from it."""
         cos, sin = rope_cos_sin(self.config, positions.expand(next_ids.shape) if positions.dim() == 1 else positions)
-        h = self.mtp[k](self.embed(next_ids), hidden, cos, sin, mask, cache)
-        return self.head(h), h
+        return self.mtp[k](self.embed(next_ids), hidden, cos, sin, mask, cache)
 
     # ------------------------------------------------------------------ statistics
     def router_stats(self) -> dict[int, torch.Tensor]:
