@@ -302,14 +302,18 @@ def probe_kill9(root: Path, kills: int, seed: int) -> dict[str, Any]:
             "--eval_every", "8", "--warmup_steps", "2", "--progress", "false", "--threads", "1", "--seed", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def train(run: Path, *extra: str, **kw: Any) -> subprocess.Popen:
+    def train(run: Path, *extra: str) -> subprocess.Popen:
+        # stderr to a file: a pipe nobody reads while the run is being killed would fill and stall it
+        log = open(root / f"{run.name}.stderr", "ab")  # noqa: SIM115 (the child holds it; closed when it exits)
         return subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "train", "--run_dir", str(run), *args,
-                                 *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+                                 *extra], env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def tail(run: Path) -> str:
+        return (root / f"{run.name}.stderr").read_text(errors="replace")[-300:]
     t0 = time.monotonic()
     ref = train(root / "ref")
-    _, err = ref.communicate(timeout=900)
-    if ref.returncode != 0:
-        return {"findings": [f"uninterrupted run failed: {err.decode()[-300:]}"]}
+    if ref.wait(timeout=900) != 0:
+        return {"findings": [f"uninterrupted run failed: {tail(root / 'ref')}"]}
     length = time.monotonic() - t0
     rng = random.Random(seed)
     run, findings, when, phase = root / "killed", [], [], []
@@ -330,9 +334,8 @@ def probe_kill9(root: Path, kills: int, seed: int) -> dict[str, Any]:
             continue
         phase.append("finished before the kill")
     last = train(run, "--resume", "true")
-    _, err = last.communicate(timeout=900)
-    if last.returncode != 0:
-        findings.append(f"final resume failed (exit {last.returncode}): {err.decode()[-300:]}")
+    if last.wait(timeout=900) != 0:
+        findings.append(f"final resume failed (exit {last.returncode}): {tail(run)}")
         return {"kills_at_s": when, "findings": findings}
     a, b = load_file(str(root / "ref/model/model.safetensors")), load_file(str(run / "model/model.safetensors"))
     diff = [n for n in a if n not in b or not a[n].equal(b[n])]
