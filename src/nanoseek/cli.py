@@ -83,7 +83,9 @@ def _data(p: argparse.ArgumentParser) -> Runner:
                         "`messages`) or .parquet (`text` column) files, or a built-in corpus, into token shards "
                         "plus manifest.json. Rerun the same command to resume an interrupted run.")
     src = pp.add_mutually_exclusive_group()
-    src.add_argument("--input", nargs="+", metavar="FILE", help="input files (.txt, .jsonl, .parquet)")
+    src.add_argument("--input", nargs="+", metavar="PATH",
+                     help="input files (.txt, .jsonl, .jsonl.gz, .parquet) or directories of them (e.g. the kept/ "
+                          "directory of `data clean`)")
     src.add_argument("--corpus", choices=["builtin", "pydoc", "tasks"],
                      help="built-in offline corpus (default: builtin = pydoc + tasks)")
     pp.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory (tokenizer.json)")
