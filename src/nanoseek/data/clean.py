@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -155,8 +157,10 @@ class _Run:
 
     def job(self, name: str, pipeline: list, tasks: int) -> None:
         from datatrove.executor import LocalPipelineExecutor
+        # fork where there is one: a forkserver worker re-imports datatrove and spacy, seconds per job and stage
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         LocalPipelineExecutor(pipeline, tasks=tasks, workers=max(1, min(self.workers, tasks)),
-                              logging_dir=str(self.work / "logs" / name)).run()
+                              logging_dir=str(self.work / "logs" / name), start_method=method).run()
 
     def reader(self, folder: Path):
         from datatrove.pipeline.readers import JsonlReader
@@ -246,7 +250,11 @@ def clean(inputs: Iterable[str | Path], out: str | Path, *, steps: Sequence[str]
     if (outp / "report.json").exists() and json.loads(run_file.read_text()).get("fingerprint") == fp:
         return json.loads((outp / "report.json").read_text())  # finished: nothing to do
     if run_file.exists() and json.loads(run_file.read_text()).get("fingerprint") != fp:
-        raise DataError(f"{outp} holds a clean run of other inputs or settings; use another --out or delete it")
+        if (outp / "report.json").exists():
+            raise DataError(f"{outp} holds a clean run of other inputs or settings; use another --out or delete it")
+        # An unfinished run of other inputs (e.g. stopped by a bad line since fixed): its partial output is of no use.
+        for sub in ("work", "kept", "removed"):
+            shutil.rmtree(outp / sub, ignore_errors=True)
     outp.mkdir(parents=True, exist_ok=True)
     run_file.parent.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"fingerprint": fp, "inputs": [str(p) for p in paths], **settings}, indent=1))
