@@ -169,8 +169,9 @@ class _Run:
     def exact(self, src: Path, dst: Path, tasks: int) -> None:
         from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
                                                           ExactFindDedups)
-        from .clean_stages import HASH, normalized_text, writer
-        cfg, w = ExactDedupConfig(content_getter=normalized_text, hash_config=HASH), self.work / "exact"
+        from .clean_stages import HASH, case_priority, normalized_text, writer
+        cfg = ExactDedupConfig(content_getter=normalized_text, document_priority=case_priority, hash_config=HASH)
+        w = self.work / "exact"
         self.job("exact_1_signatures", [self.reader(src), ExactDedupSignature(str(w / "sigs"), cfg)], tasks)
         self.job("exact_2_find", [ExactFindDedups(str(w / "sigs"), str(w / "dups"), cfg)], 1)
         self.job("exact_3_filter", [self.reader(src), ExactDedupFilter(

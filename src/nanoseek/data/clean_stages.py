@@ -68,6 +68,14 @@ def normalized_text(doc: Document) -> str:
     return simplify_text(doc.text, NORM)
 
 
+def case_priority(doc: Document) -> int:
+    """Which of a set of exact duplicates (equal up to case and spacing) exact dedup keeps: the one with the most
+    lowercase letters, in 1..1001 (datatrove keeps the highest priority). A SHOUTED copy would otherwise win half
+    the ties and then fail the quality filters' case-sensitive stop-word test, losing the document altogether."""
+    letters = sum(c.isalpha() for c in doc.text)
+    return 1 + (1000 * sum(c.islower() for c in doc.text) // letters if letters else 0)
+
+
 # ----------------------------------------------------------------------------------------------------- writers
 def _row(_writer: Any, doc: Document) -> dict[str, Any]:
     return {"id": doc.id, "text": doc.text}
