@@ -172,3 +172,30 @@ def test_cli(tmp_path, capsys):
     assert "3 documents -> 2 kept" in capsys.readouterr().out
     assert main(["data", "clean", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o2")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_txt_parquet_and_directory_inputs(tmp_path):
+    """A directory is read recursively in path order (other file types ignored); the parquet's repeated row is an
+    exact duplicate."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nanoseek.data.synthetic import prose
+    rng = random.Random(0)
+    texts = [prose(rng) for _ in range(4)]
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text(f"{texts[0]}\n\n\n{texts[1]}\n", encoding="utf-8")  # a document per paragraph
+    pq.write_table(pa.table({"text": [texts[2], texts[3], texts[2]]}), d / "sub" / "b.parquet")
+    (d / "ignored.csv").write_text("not an input", encoding="utf-8")
+    report = clean([d], tmp_path / "out", steps=["exact"], workers=1, progress=False)
+    kept = _rows(tmp_path / "out" / "kept")
+    assert report["removed"] == {"exact": 1}
+    assert [r["id"] for r in kept][-2:] == ["b.parquet#0", "b.parquet#1"]
+    assert kept[0]["id"] == "a.txt#0"
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(DataError, match="holds no input files"):
+        clean([empty], tmp_path / "o2", progress=False)
