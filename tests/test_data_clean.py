@@ -146,6 +146,8 @@ def test_generated_ids_are_stable_and_name_the_source(tmp_path):
     ("latin1.txt", "first line\ncaf\u00e9\n".encode("latin-1"), "latin1.txt:2: not UTF-8"),
     ("latin1.jsonl", '{"text": "ok"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"), "latin1.jsonl:2: not UTF-8"),
     ("chat.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n', "chat.jsonl:1: needs a string field"),
+    ("broken.parquet", b"PAR1 not really a parquet file", "broken.parquet: unreadable .parquet"),
+    ("broken.jsonl.gz", b"not gzip at all", "broken.jsonl.gz: unreadable .jsonl.gz"),
 ])
 def test_bad_input_names_the_file_and_line(tmp_path, name, content, message):
     p = tmp_path / name

@@ -74,6 +74,10 @@ def records(p: Path) -> Iterator[tuple[str, str]]:
     except UnicodeDecodeError as e:
         line = _bad_utf8_line(p)
         raise DataError(f"{p}{f':{line}' if line else ''}: not UTF-8 text ({e.reason})") from None
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:  # pyarrow on a damaged parquet, gzip on a damaged .jsonl.gz
+        raise DataError(f"{p}: unreadable {kind} file ({type(e).__name__}: {e})") from None
 
 
 def ingest(paths: Sequence[Path], folder: Path, shards: int, progress: bool) -> dict[str, int]:
