@@ -78,6 +78,8 @@ def test_rerun_is_a_no_op_and_prepare_reads_the_kept_directory(cleaned, tmp_path
     src = out.parent / "dirty.jsonl"
     again = clean([src], out, decontaminate=DECONT, decont_limit=200, workers=1, progress=False)
     assert again == report
+    with pytest.raises(DataError, match="other inputs or settings"):
+        clean([src], out, decontaminate=DECONT, decont_limit=100, workers=1, progress=False)
     from nanoseek.data.corpora import pydoc_documents
     from nanoseek.tokenizer import train_tokenizer
     tok = train_tokenizer(iter(list(pydoc_documents())[:10]), vocab_size=300, out_dir=tmp_path / "tok")

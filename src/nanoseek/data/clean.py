@@ -230,7 +230,7 @@ def _fingerprint(paths: Sequence[Path], settings: dict[str, Any]) -> str:
 def clean(inputs: Iterable[str | Path], out: str | Path, *, steps: Sequence[str] | None = None,
           decontaminate: Sequence[str] = (), near_ngram: int = 5, near_threshold: float = 0.8,
           num_perm: int = 128, decont_ngram: int = 13, decont_limit: int = 10_000, workers: int = 2,
-          progress: bool = True, log: Any = print) -> dict[str, Any]:
+          progress: bool = True) -> dict[str, Any]:
     """Clean `inputs` (files or directories: .txt, .jsonl, .jsonl.gz, .parquet) into `out`; returns the report.
     `steps`: the stages to run, in the fixed order of STEPS (default: all; decontaminate needs `decontaminate`
     sources). Rerunning the same call resumes an interrupted run, and is a no-op on a finished one."""
@@ -252,11 +252,12 @@ def clean(inputs: Iterable[str | Path], out: str | Path, *, steps: Sequence[str]
                     decont_limit=decont_limit, workers=workers)
     fp = _fingerprint(paths, settings)
     run_file = outp / "work" / "run.json"
-    if (outp / "report.json").exists() and json.loads(run_file.read_text()).get("fingerprint") == fp:
-        return json.loads((outp / "report.json").read_text())  # finished: nothing to do
-    if run_file.exists() and json.loads(run_file.read_text()).get("fingerprint") != fp:
-        if (outp / "report.json").exists():
+    if (outp / "report.json").exists():  # finished (OUT/work may have been deleted since): nothing to do
+        done = json.loads((outp / "report.json").read_text())
+        if done.get("fingerprint") != fp:
             raise DataError(f"{outp} holds a clean run of other inputs or settings; use another --out or delete it")
+        return done
+    if run_file.exists() and json.loads(run_file.read_text()).get("fingerprint") != fp:
         # An unfinished run of other inputs (e.g. stopped by a bad line since fixed): its partial output is of no use.
         for sub in ("work", "kept", "removed"):
             shutil.rmtree(outp / sub, ignore_errors=True)
@@ -300,7 +301,8 @@ def clean(inputs: Iterable[str | Path], out: str | Path, *, steps: Sequence[str]
     else:
         run.final(src, tasks, "quality" in chosen, index, decont_ngram)
     timings["quality+decontaminate"] = round(time.perf_counter() - t, 2)
-    return _report(outp, info, chosen, prompt_counts, settings, timings, time.perf_counter() - t0)
+    return _report(outp, info, chosen, prompt_counts, {**settings, "fingerprint": fp}, timings,
+                   time.perf_counter() - t0)
 
 
 def build_index(sources: Sequence[str], folder: Path, n: int, limit: int) -> dict[str, int]:
@@ -326,7 +328,8 @@ def _report(out: Path, info: dict[str, int], chosen: list[str], prompts: dict[st
               "input_bytes": info["bytes"], "seconds": round(seconds, 2), "timings": timings,
               "docs_per_s": round(info["documents"] / max(seconds, 1e-9), 1),
               "mb_per_s": round(info["bytes"] / 1e6 / max(seconds, 1e-9), 3),
-              "decontamination_prompts": prompts, "settings": settings}
+              "decontamination_prompts": prompts, "fingerprint": settings.pop("fingerprint"),
+              "settings": settings}
     from .prepare import atomic_write
     lines = [f"# data clean: {out}", "", f"{report['input']:,} documents in ({info['bytes'] / 1e6:.2f} MB), "
              f"{kept:,} kept ({kept / max(report['input'], 1):.1%}), in {seconds:.1f}s "
