@@ -16,6 +16,11 @@ def test_demo_smoke_then_rerun_skips(tmp_path):
         assert (out / stage / "model" / "config.json").exists() and (out / stage / "DONE.json").exists()
     assert (out / "report" / "report.md").exists()
     assert json.loads((out / "summary.json").read_text())["pretrain"]["steps"] == 2
+    # the pretraining corpus went through `data clean` (decontamination against the held-out problems) and lost
+    # nothing: the tasks corpus is drawn from the train split
+    cleaned = results["pretrain"]["data_clean"]
+    assert cleaned["removed"] == {"decontaminate": 0} and cleaned["kept"] == cleaned["input"] > 6000
+    assert (out / "pretrain" / "corpus" / "clean" / "report.md").exists()
     assert any("nanoseek serve" in line for line in logs)
     import nanoseek
     llm = nanoseek.LLM(str(out / "model"))
@@ -36,6 +41,7 @@ def test_demo_smoke_then_rerun_skips(tmp_path):
     assert (out / "eval" / "inference_compute.png").stat().st_size > 0
     report = (out / "report" / "report.md").read_text()
     assert "## Inference-time compute of the final model" in report and "inference_compute.png" in report
+    assert "## Pretraining data: `nanoseek data clean`" in report
     assert (out / "report" / "inference_compute.png").exists()
 
 

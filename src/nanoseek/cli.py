@@ -75,7 +75,8 @@ def _tokenizer(p: argparse.ArgumentParser) -> Runner:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-@command("data", "data pipeline: `data prepare` tokenizes files or a built-in corpus into token shards")
+@command("data", "data pipeline: `data clean` dedups, filters and decontaminates documents; `data prepare` "
+         "tokenizes files or a built-in corpus into token shards")
 def _data(p: argparse.ArgumentParser) -> Runner:
     sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     pp = sub.add_parser("prepare", help="tokenize into resumable token shards with a train/validation split",
@@ -83,7 +84,9 @@ def _data(p: argparse.ArgumentParser) -> Runner:
                         "`messages`) or .parquet (`text` column) files, or a built-in corpus, into token shards "
                         "plus manifest.json. Rerun the same command to resume an interrupted run.")
     src = pp.add_mutually_exclusive_group()
-    src.add_argument("--input", nargs="+", metavar="FILE", help="input files (.txt, .jsonl, .parquet)")
+    src.add_argument("--input", nargs="+", metavar="PATH",
+                     help="input files (.txt, .jsonl, .jsonl.gz, .parquet) or directories of them (e.g. the kept/ "
+                          "directory of `data clean`)")
     src.add_argument("--corpus", choices=["builtin", "pydoc", "tasks"],
                      help="built-in offline corpus (default: builtin = pydoc + tasks)")
     pp.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory (tokenizer.json)")
@@ -92,7 +95,39 @@ def _data(p: argparse.ArgumentParser) -> Runner:
     pp.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (documents stay whole)")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    cl = sub.add_parser("clean", help="exact and near dedup, quality filters and decontamination (datatrove)",
+                        description="Clean pretraining documents: exact dedup (hash of normalized text), near "
+                        "dedup (MinHash LSH over word n-grams), Gopher / FineWeb / C4 quality filters, and "
+                        "decontamination against evaluation prompts. Writes OUT/kept/ (read it with `data prepare "
+                        "--input OUT/kept`), OUT/removed/STAGE/, OUT/report.json and OUT/report.md. Rerun the same "
+                        "command to resume an interrupted run.")
+    cl.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                    help="files (.txt, .jsonl with `text` and optional `id`, .jsonl.gz, .parquet) or directories")
+    cl.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    cl.add_argument("--decontaminate", nargs="+", default=[], metavar="TASK_OR_FILE",
+                    help="evaluation prompts to remove from the corpus: built-in task test splits (arithmetic, "
+                         "countdown, linear; levels as arithmetic:1,2,3) and/or jsonl files of prompts")
+    cl.add_argument("--steps", default=None,
+                    help="comma-separated stages to run, from exact,near,quality,decontaminate (default: all; "
+                         "decontaminate runs when --decontaminate is given)")
+    cl.add_argument("--near-ngram", type=int, default=5, help="word n-gram size of the MinHash shingles")
+    cl.add_argument("--near-threshold", type=float, default=0.8, help="Jaccard similarity of near duplicates")
+    cl.add_argument("--decont-ngram", type=int, default=13, help="word n-gram shared with a prompt that marks a "
+                                                                 "document contaminated")
+    cl.add_argument("--decont-limit", type=int, default=10_000,
+                    help="test problems per built-in task (the first ones `nanoseek eval` draws)")
+    cl.add_argument("--workers", type=int, default=2, help="worker processes (and input shards)")
+    cl.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     def run(a: argparse.Namespace) -> int:
+        if a.data_command == "clean":
+            from .data.clean import clean, summary as clean_summary
+            steps = [s.strip() for s in a.steps.split(",") if s.strip()] if a.steps else None
+            report = clean(a.input, a.out, steps=steps, decontaminate=a.decontaminate, near_ngram=a.near_ngram,
+                           near_threshold=a.near_threshold, decont_ngram=a.decont_ngram,
+                           decont_limit=a.decont_limit, workers=a.workers, progress=not a.no_progress)
+            print(f"{a.out}: {clean_summary(report)}; report: {a.out}/report.md")
+            return 0
         from .data import prepare, summary
         manifest = prepare(a.input or a.corpus or "builtin", a.tokenizer, a.out, val_fraction=a.val_fraction,
                            shard_tokens=a.shard_tokens, progress=not a.no_progress)

@@ -5,6 +5,10 @@
     ds = TokenDataset("data/builtin", "train")                     # memory-mapped shards
     x, y = next(ds.sample_batches(batch_size=8, seq_len=256, seed=0, start_step=step))
     x, y = pack_sft([encode_document(tok, messages) ...], seq_len)  # labels -100 except on assistant tokens
+
+Cleaning before preparing (dedup, quality filters, decontamination on datatrove; imported on demand, it is heavy):
+    from nanoseek.data.clean import clean
+    clean(["crawl/"], "data/clean", decontaminate=["arithmetic"])   # then prepare(["data/clean/kept"], ...)
 """
 from .corpora import CORPORA, DataError, Document, corpus_documents, file_documents, iter_documents, \
     pydoc_documents, task_documents

@@ -11,11 +11,14 @@ Built-in corpora (no download):
 User files:
 - `.txt`: blank lines separate documents (HF `datasets`' `sample_by="paragraph"`), so one large file still splits
   into many documents and the train/validation split works on it; a file without blank lines is one document;
-- `.jsonl`: one JSON object per line with a `text` string, or a chat `messages` list; blank lines are skipped;
-- `.parquet`: a `text` column, read batch by batch with `pyarrow` (optional dependency).
+- `.jsonl` (or gzipped `.jsonl.gz`, what `nanoseek data clean` writes): one JSON object per line with a `text`
+  string, or a chat `messages` list; blank lines are skipped;
+- `.parquet`: a `text` column, read batch by batch with `pyarrow` (optional dependency);
+- a directory: its files of those types, recursively, in sorted path order (e.g. `data clean`'s `OUT/kept`).
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
@@ -27,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 Message = dict[str, Any]
 Document = Union[str, list[Message]]
 
-SUFFIXES = (".txt", ".jsonl", ".parquet")
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 
 
 class DataError(ValueError):
@@ -112,13 +115,36 @@ def corpus_documents(name: str) -> Iterator[Document]:
 
 
 # ------------------------------------------------------------------------------------------------------ user files
+def file_kind(path: str | Path) -> str:
+    """The input type of a path: its suffix, except `.jsonl.gz` (two suffixes) for gzipped jsonl."""
+    p = Path(path)
+    return ".jsonl.gz" if p.name.endswith(".jsonl.gz") else p.suffix
+
+
 def check_input(path: str | Path) -> Path:
     p = Path(path)
-    if p.suffix not in SUFFIXES:
-        raise DataError(f"{p}: unsupported file type {p.suffix or '(none)'!r}; expected one of {', '.join(SUFFIXES)}")
+    if file_kind(p) not in SUFFIXES:
+        raise DataError(f"{p}: unsupported file type {file_kind(p) or '(none)'!r}; expected one of "
+                        f"{', '.join(SUFFIXES)}")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     return p
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; a directory becomes its input files (recursively, sorted by path, so `OUT/kept/00000...`
+    comes before `00001...` and the documents keep their order). A directory without any is an error."""
+    out: list[Path] = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and file_kind(f) in SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: directory holds no input files ({', '.join(SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(check_input(p))
+    return out
 
 
 def _txt(p: Path) -> Iterator[str]:
@@ -145,8 +171,11 @@ def _messages(value: Any, where: str) -> list[Message]:
     return value
 
 
-def _jsonl(p: Path) -> Iterator[Document]:
-    with p.open(encoding="utf-8") as f:
+def jsonl_rows(p: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`file:line`, object) for each non-blank line of a `.jsonl` or `.jsonl.gz` file; a line that is not a JSON
+    object is a DataError naming the file and line."""
+    opener = gzip.open if p.name.endswith(".gz") else open
+    with opener(p, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -157,14 +186,19 @@ def _jsonl(p: Path) -> Iterator[Document]:
                 raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if "text" in row:
-                if not isinstance(row["text"], str):
-                    raise DataError(f"{where}: field 'text' must be a string")
-                yield row["text"]
-            elif "messages" in row:
-                yield _messages(row["messages"], where)
-            else:
-                raise DataError(f"{where}: missing field 'text' (or a chat 'messages' list)")
+            yield where, row
+
+
+def _jsonl(p: Path) -> Iterator[Document]:
+    for where, row in jsonl_rows(p):
+        if "text" in row:
+            if not isinstance(row["text"], str):
+                raise DataError(f"{where}: field 'text' must be a string")
+            yield row["text"]
+        elif "messages" in row:
+            yield _messages(row["messages"], where)
+        else:
+            raise DataError(f"{where}: missing field 'text' (or a chat 'messages' list)")
 
 
 def _parquet(p: Path) -> Iterator[str]:
@@ -184,15 +218,17 @@ def _parquet(p: Path) -> Iterator[str]:
 
 def file_documents(path: str | Path) -> Iterator[Document]:
     p = check_input(path)
-    read = {".txt": _txt, ".jsonl": _jsonl, ".parquet": _parquet}[p.suffix]
+    read = {".txt": _txt, ".jsonl": _jsonl, ".jsonl.gz": _jsonl, ".parquet": _parquet}[file_kind(p)]
     try:
         yield from read(p)
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not UTF-8 text ({e.reason})") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise DataError(f"{p}: not a readable gzip file ({e})") from None
 
 
 def iter_documents(inputs: Iterable[str | Path]) -> Iterator[Document]:
-    for path in inputs:
+    for path in expand_inputs(inputs):
         yield from file_documents(path)
 
 

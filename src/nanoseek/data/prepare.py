@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .corpora import CORPORA, DataError, Document, check_input, corpus_documents, document_key, file_sha256, \
+from .corpora import CORPORA, DataError, Document, corpus_documents, document_key, expand_inputs, file_sha256, \
     iter_documents
 from .encode import encode_document, encoder, tokenizer_info
 
@@ -107,9 +107,9 @@ def _source(inputs: str | Path | Sequence[str | Path]) -> tuple[Callable[[], Ite
         raise DataError(f"{inputs!r} is neither a built-in corpus ({', '.join(CORPORA)}) nor a file")
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not paths:
-        raise DataError("no inputs: give files (.txt, .jsonl, .parquet) or a corpus name "
-                        f"({', '.join(CORPORA)})")
-    paths = [check_input(p) for p in paths]
+        raise DataError("no inputs: give files (.txt, .jsonl, .jsonl.gz, .parquet), directories of them, or a "
+                        f"corpus name ({', '.join(CORPORA)})")
+    paths = expand_inputs(paths)  # a directory (e.g. `data clean`'s OUT/kept) becomes its files, in sorted order
     files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths]
     return lambda: iter_documents(paths), {"files": files}
 
