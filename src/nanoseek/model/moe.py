@@ -93,16 +93,23 @@ class Experts(nn.Module):
         if block > 1:
             token, w_sorted, counts = _pad_groups(token, w_sorted, flat[order], counts, block)
         xs = x.to(dtype).index_select(0, token)  # (rows, dim), grouped by expert
-        if _use_grouped_mm(xs):
-            offs = counts.cumsum(0).to(torch.int32)
-            # torch._grouped_mm's tracing (fake) kernel accepts only bf16, though the CPU kernel runs fp32 too:
-            # a compiled model in another dtype calls it through nanoseek::grouped_mm, which traces in any dtype.
-            traceable = xs.dtype == torch.bfloat16 or not torch.compiler.is_compiling()
-            ys = _grouped_swiglu(xs, w13, w2, offs, self.inter_dim, torch._grouped_mm if traceable else grouped_mm)
-        else:
-            ys = _expert_loop(xs, w13, w2, counts, self.inter_dim)
+        ys = expert_swiglu(xs, w13, w2, counts, self.inter_dim)
         ys = (ys * w_sorted[:, None]).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
+
+
+def expert_swiglu(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, counts: torch.Tensor,
+                  inter_dim: int) -> torch.Tensor:
+    """SwiGLU of expert e on its contiguous rows of xs (rows sorted by expert, counts[e] of them): one grouped GEMM
+    per projection, or a loop over the experts where torch._grouped_mm is unavailable. Also the expert-parallel
+    forward's local computation (nanoseek.train.expert_parallel)."""
+    if _use_grouped_mm(xs):
+        offs = counts.cumsum(0).to(torch.int32)
+        # torch._grouped_mm's tracing (fake) kernel accepts only bf16, though the CPU kernel runs fp32 too:
+        # a compiled model in another dtype calls it through nanoseek::grouped_mm, which traces in any dtype.
+        traceable = xs.dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+        return _grouped_swiglu(xs, w13, w2, offs, inter_dim, torch._grouped_mm if traceable else grouped_mm)
+    return _expert_loop(xs, w13, w2, counts, inter_dim)
 
 
 # Rows per expert group are padded to a multiple of this on CPU in bf16/fp16. oneDNN (which runs the CPU's

@@ -47,6 +47,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
     compile: bool = False
     parallel: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
+    expert_parallel: int = 1  # under torchrun: routed experts split over groups of this many ranks (all-to-all)
     seed: int = 1337
     threads: int | None = None
     # evaluation, checkpoints, logging
@@ -70,6 +71,8 @@ class TrainConfig:
             raise bad("schedule", "expected wsd, cosine or constant")
         if self.parallel not in ("ddp", "fsdp"):
             raise bad("parallel", "expected ddp or fsdp")
+        if not isinstance(self.expert_parallel, int) or self.expert_parallel < 1:
+            raise bad("expert_parallel", "expected a positive number of processes")
         if self.attention not in ("mla", "mha"):
             raise bad("attention", "expected mla or mha")
         if self.dtype not in ("auto", "float32", "bfloat16"):

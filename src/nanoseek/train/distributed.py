@@ -1,13 +1,14 @@
 """Scale-out as a wrapper around an unchanged model: the same training script runs as one process or under
 `torchrun --nproc_per_node N`, with DistributedDataParallel or FSDP2 (`fully_shard`), NCCL on GPUs and gloo on CPU.
 
-Expert parallelism plan (docs/scaling.md): the MoE keeps its routed experts stacked (E, ...), so an EP wrapper can
-shard dim 0 across ranks and replace `Experts.forward` with all-to-all dispatch/combine without touching the model.
+Expert parallelism (`expert_parallel.py`) shards the stacked routed experts over groups of ranks; the wrappers
+here leave those shards alone (`ignored`), and it reduces their gradients itself.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -54,19 +55,24 @@ def setup(device: str = "auto") -> DistEnv:
     return DistEnv(rank, local, world, dev)
 
 
-def wrap(module: nn.Module, env: DistEnv, mode: str = "ddp") -> nn.Module:
-    """mode: ddp | fsdp (FSDP2: every decoder block and MTP module sharded, then the root)."""
+def wrap(module: nn.Module, env: DistEnv, mode: str = "ddp", ignored: Iterable[nn.Parameter] = ()) -> nn.Module:
+    """mode: ddp | fsdp (FSDP2: every decoder block and MTP module sharded, then the root). `ignored` parameters
+    (expert-parallel shards) are neither synchronised nor sharded."""
     if not env.distributed:
         return module
+    ignored = set(ignored)
     if mode == "ddp":
         ids = [env.device.index] if env.device.type == "cuda" else None
+        if ignored:
+            names = [n for n, p in module.named_parameters() if p in ignored]
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
         model = module.model if hasattr(module, "model") else module
         for block in [*model.layers, *model.mtp]:
-            fully_shard(block)
-        fully_shard(module)
+            fully_shard(block, ignored_params={p for p in block.parameters() if p in ignored} or None)
+        fully_shard(module, ignored_params=ignored or None)
         return module
     raise ValueError(f"unknown parallel mode {mode!r} (ddp or fsdp)")
 

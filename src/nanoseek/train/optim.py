@@ -12,15 +12,16 @@ from torch import nn
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    """Decay and no-decay groups. Under FSDP2 with expert parallelism the sharded parameters are DTensors and the
+    expert shards plain tensors, which one foreach kernel cannot mix: those get groups of their own."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.dim() < 2 or "embed" in name or name.endswith("norm.weight"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (p.dim() < 2 or "embed" in name or name.endswith("norm.weight"))
+        groups.setdefault((decay, hasattr(p, "to_local")), []).append(p)
+    order = [(True, False), (False, False), (True, True), (False, True)]
+    return [{"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0} for k in order if k in groups]
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],

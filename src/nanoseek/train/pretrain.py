@@ -42,6 +42,8 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                 f"data {data.info.get('data_dir')}: {data.info.get('train_tokens', 0):,} train tokens; "
                 f"{env.world_size} process(es) on {env.device}, global batch {trainer.global_batch} x {cfg.seq_len}")
         summary = trainer.fit()
+        if trainer.ep is not None:  # whole experts back in every rank's model for the export (collective)
+            trainer.ep.unshard()
         if cfg.export and cfg.attention == "mha" and env.is_main:
             log("not exported: the MHA baseline has no Hugging Face DeepSeek format (its checkpoints are in "
                 f"{trainer.ckpt_dir})")

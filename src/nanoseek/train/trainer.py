@@ -98,9 +98,14 @@ class Trainer:
                 use_mha(model)
         self.model = model.to(env.device)
         self.mcfg = model.config
+        self.ep = None  # expert parallelism: each rank keeps a shard of every MoE's routed experts
+        if cfg.expert_parallel > 1:
+            from .expert_parallel import ExpertParallel
+            self.ep = ExpertParallel(self.model, env, cfg.expert_parallel)
         self.objective = TrainingObjective(self.model, cfg.mtp_lambda)
         self.balancer = LoadBalancer(self.model, cfg.bias_update_speed, cfg.seq_aux_alpha)
-        self.wrapped = distributed.wrap(self.objective, env, cfg.parallel)
+        self.wrapped = distributed.wrap(self.objective, env, cfg.parallel,
+                                        ignored=self.ep.params() if self.ep is not None else ())
         if cfg.compile:
             self.wrapped = torch.compile(self.wrapped)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
@@ -121,6 +126,8 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd, optim_sd = get_state_dict(self.objective, self.optimizer, options=opts)
+        if self.ep is not None:  # whole experts in the checkpoint: it resumes with any world or EP size
+            self.ep.gather_state(self.objective, self.optimizer, model_sd, optim_sd)
         return {"model": model_sd, "optimizer": optim_sd, "config": self.cfg.to_dict(),
                 "model_config": self.mcfg.to_dict()}
 
@@ -137,6 +144,8 @@ class Trainer:
         if ckpt is None:
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        if self.ep is not None:
+            self.ep.shard_state(ckpt["model"], ckpt["optimizer"])
         set_state_dict(self.objective, self.optimizer, model_state_dict=ckpt["model"],
                        optim_state_dict=ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
         state.set_rng_state(ckpt["rng"])
@@ -177,7 +186,11 @@ class Trainer:
                 (loss / self.accum).backward()
             for k, v in {"loss": loss.detach(), **parts}.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.accum
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.ep is not None:
+            self.ep.finish_grads()
+            grad_norm = self.ep.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         metrics = {k: float(distributed.all_reduce_mean(torch.tensor(v), env)) for k, v in totals.items()}
         if not math.isfinite(metrics["loss"]) or not torch.isfinite(grad_norm):
             raise TrainingError(f"non-finite loss ({metrics['loss']}) or gradient norm at step {self.step}: "
@@ -188,6 +201,9 @@ class Trainer:
         load = self.balancer.step()
         self.step += 1
         metrics.update(lr=lr, grad_norm=float(grad_norm))
+        if self.ep is not None:  # this rank's all-to-all traffic in the step (MB sent to other ranks)
+            metrics["all_to_all_mb"] = self.ep.sent_bytes / 1e6
+            self.ep.sent_bytes = 0
         if load:
             metrics["load_max_over_mean"] = max(v["max_over_mean"] for v in load.values())
             metrics["load"] = {k: round(v["max_over_mean"], 4) for k, v in load.items()}
