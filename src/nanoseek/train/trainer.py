@@ -169,6 +169,8 @@ class Trainer:
             g["lr"] = lr
         per_rank = self.global_batch // env.world_size
         totals: dict[str, float] = {}
+        if self.ep is not None:
+            self.ep.sent_bytes = 0  # this step's traffic only (not the last evaluation's)
         for micro in range(self.accum):
             first = env.rank * per_rank + micro * cfg.batch_size
             x, y = (t[first:first + cfg.batch_size].to(env.device) for t in batch)
