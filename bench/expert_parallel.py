@@ -101,8 +101,11 @@ def main() -> int:
     body = (f"`python bench/expert_parallel.py --preset {a.preset} --steps {a.steps}` on {m['cpu']}, "
             f"{m['cores']} cores, torch {m['torch']}, one thread per process, gloo; load average "
             f"{m['load_avg']}; {m['date']}. Global batch {a.global_batch} x {a.seq_len} tokens.\n\n{table}\n\n"
-            "On 2 CPU cores more processes only share the same cores: the point is the traffic and that the loss is "
-            "the same, not a speed-up.\n\n" + v3_on_paper())
+            "On 2 CPU cores more processes only share the same cores: the point is the traffic, not a speed-up (2 "
+            "processes beat 1 here because one process at one thread leaves a core idle). Final losses may differ in "
+            "the 4th digit: float summation order, amplified by a short run's high-learning-rate steps (one process "
+            "alone differs as much between micro-batch 8 and 4); tests/test_distributed.py checks EP against one "
+            "process within 1e-4 over 8 steps.\n\n" + v3_on_paper())
     print(body)
     if a.write:
         write_section(a.write, "expert_parallel", "Expert parallelism (`python bench/expert_parallel.py`)", body)
