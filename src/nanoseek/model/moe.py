@@ -69,7 +69,9 @@ class Experts(nn.Module):
 
     Tokens are sorted by expert and each expert multiplies only its own tokens, as one grouped GEMM per projection
     (torch._grouped_mm) or, where that is unavailable, a loop over the experts that received tokens.
+    `gmm`, when set (FP8 training: nanoseek.train.fp8_train), replaces that grouped GEMM: gmm(a, b, offs).
     """
+    gmm = None
 
     def __init__(self, n_experts: int, dim: int, inter_dim: int):
         super().__init__()
@@ -93,7 +95,9 @@ class Experts(nn.Module):
         if block > 1:
             token, w_sorted, counts = _pad_groups(token, w_sorted, flat[order], counts, block)
         xs = x.to(dtype).index_select(0, token)  # (rows, dim), grouped by expert
-        if _use_grouped_mm(xs):
+        if self.gmm is not None:
+            ys = _grouped_swiglu(xs, w13, w2, counts.cumsum(0).to(torch.int32), self.inter_dim, self.gmm)
+        elif _use_grouped_mm(xs):
             offs = counts.cumsum(0).to(torch.int32)
             # torch._grouped_mm's tracing (fake) kernel accepts only bf16, though the CPU kernel runs fp32 too:
             # a compiled model in another dtype calls it through nanoseek::grouped_mm, which traces in any dtype.
