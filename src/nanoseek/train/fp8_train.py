@@ -28,7 +28,7 @@ import os
 import torch
 from torch import nn
 
-from ..fp8 import FP8_DTYPE, quantize_fp8_blockwise
+from ..fp8 import FP8_DTYPE, quantize_blocks, quantize_fp8_blockwise
 from ..model.moe import Experts, grouped_mm
 
 TILE = 128  # V3: 1×128 activation tiles, 128×128 weight blocks
@@ -56,9 +56,21 @@ def dequantize(q: torch.Tensor, s: torch.Tensor, block: tuple[int, int], scaling
     return q.float() * full
 
 
+_E4M3_VALUES = torch.arange(256, dtype=torch.uint8).view(FP8_DTYPE).float()  # every e4m3 bit pattern's value
+
+
+def _decode(q: torch.Tensor) -> torch.Tensor:
+    """q.float(), by table lookup over the 256 bit patterns: the same numbers, ~2x faster than the CPU cast."""
+    return torch.take(_E4M3_VALUES.to(q.device), q.view(torch.uint8).long()).view(q.shape)
+
+
 def fake_quantize(t: torch.Tensor, block: tuple[int, int], scaling: str = "tile") -> torch.Tensor:
-    """The value an FP8 GEMM sees for T: dequantize(quantize(T)), in fp32."""
-    return dequantize(*quantize(t, block, scaling), block, scaling)
+    """The value an FP8 GEMM sees for T: dequantize(quantize(T)) in fp32 (the same numbers, without the crop and
+    the full-size scale tensor: each block's e4m3 values times its scale, by broadcasting)."""
+    bo, bi = _block(scaling, tuple(t.shape), block)
+    q, s = quantize_blocks(t.detach(), (bo, bi))
+    deq = _decode(q).mul_(s[:, None, :, None])
+    return deq.view(q.shape[0] * bo, q.shape[2] * bi)[:t.shape[0], :t.shape[1]]
 
 
 # ---------------------------------------------------------------------------------------------------- GEMMs
@@ -99,19 +111,26 @@ class _FP8Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scaling: str) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
         ctx.scaling, ctx.has_bias = scaling, bias is not None
-        y = fp8_mm(x, weight.t(), (1, TILE), (TILE, TILE), scaling)  # Q(X;1×128) · Q(W;128×128)ᵀ
+        if _backend(x, (*x.shape, weight.shape[0])) == "emulate":
+            # Q(W;128×128) once for Fprop and Dgrad: 128×128 blocks (and one tensor scale) are symmetric
+            wq = fake_quantize(weight, (TILE, TILE), scaling)
+            y = fake_quantize(x, (1, TILE), scaling) @ wq.t()  # Q(X;1×128) · Q(W;128×128)ᵀ
+        else:
+            wq = None
+            y = fp8_mm(x, weight.t(), (1, TILE), (TILE, TILE), scaling)
+        ctx.save_for_backward(x, weight, wq)
         return y if bias is None else y + bias.float()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy: torch.Tensor):
-        x, weight = ctx.saved_tensors
+        x, weight, wq = ctx.saved_tensors
         gy = gy.float()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # dX = Q(dY;1×128) · Q(W;128×128)
-            gx = fp8_mm(gy, weight, (1, TILE), (TILE, TILE), ctx.scaling).to(x.dtype)
+            gx = (fake_quantize(gy, (1, TILE), ctx.scaling) @ wq if wq is not None
+                  else fp8_mm(gy, weight, (1, TILE), (TILE, TILE), ctx.scaling)).to(x.dtype)
         if ctx.needs_input_grad[1]:  # dW = Q(dY;128×1)ᵀ · Q(X;128×1): both tiled along the tokens
             gw = fp8_mm(gy.t(), x, (1, TILE), (TILE, 1), ctx.scaling).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -149,25 +168,26 @@ class _FP8GroupedMM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, scaling: str) -> torch.Tensor:
-        ctx.save_for_backward(a, b, offs)
         ctx.scaling = scaling
         aq = fake_quantize(a, (1, TILE), scaling)
         bq = _fake_quantize_experts(b, (TILE, TILE), scaling)
+        ctx.save_for_backward(a, bq, offs)
+        ctx.b_dtype = b.dtype
         return grouped_mm(aq, bq, offs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy: torch.Tensor):
-        a, b, offs = ctx.saved_tensors
+        a, bq, offs = ctx.saved_tensors  # bq: the forward's Q(B_g;128×128), also Dgrad's (the blocks are symmetric)
         gy = gy.float().contiguous()
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            bt = _fake_quantize_experts(b.transpose(1, 2), (TILE, TILE), ctx.scaling)
-            ga = grouped_mm(fake_quantize(gy, (1, TILE), ctx.scaling), bt.contiguous(), offs).to(a.dtype)
+            ga = grouped_mm(fake_quantize(gy, (1, TILE), ctx.scaling), bq.transpose(1, 2).contiguous(),
+                            offs).to(a.dtype)
         if ctx.needs_input_grad[1]:
             aq = fake_quantize(a, (TILE, 1), ctx.scaling)
             gq = fake_quantize(gy, (TILE, 1), ctx.scaling)
-            gb = grouped_mm(aq.t(), gq, offs).to(b.dtype)
+            gb = grouped_mm(aq.t(), gq, offs).to(ctx.b_dtype)
         return ga, gb, None, None
 
 
