@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine_info  # noqa: E402
+from common import machine_info, markdown_table, write_section  # noqa: E402
 
 RECIPES = {"bf16": [], "fp8-tile": ["--fp8", "true", "--fp8_scaling", "tile"],
            "fp8-tensor": ["--fp8", "true", "--fp8_scaling", "tensor"]}
@@ -68,46 +68,62 @@ def train_all(a: argparse.Namespace, work: Path) -> None:
             raise SystemExit(f"a run failed (exit {done.returncode}): see its stdout.log")
 
 
-@torch.no_grad()
+def _stats(t: torch.Tensor) -> dict[str, float]:
+    """t (tokens, channels): per-channel max-abs (largest over median), and for each recipe the relative RMS error
+    of Q(t) per channel (averaged over channels) and the share of non-zero values flushed to zero (they fall below e4m3's smallest
+    subnormal, 2^-9 · s, when one scale must also cover the largest value of the whole tensor)."""
+    from nanoseek.train.fp8_train import TILE, fake_quantize
+    t = t.float()
+    amax = t.abs().amax(0)
+    out = {"channels": t.shape[1], "amax_max": float(amax.max()), "amax_median": float(amax.median()),
+           "outlier_ratio": float(amax.max() / amax.median().clamp_min(1e-30))}
+    nonzero = (t != 0).float().sum().clamp_min(1)
+    for s in ("tile", "tensor"):
+        q = fake_quantize(t, (1, TILE), s)
+        # each channel's RMS error relative to its own RMS, averaged over channels: a small channel counts as much
+        # as a large one (a tensor-wide RMS would be the outlier channel's alone)
+        rel = (q - t).pow(2).mean(0).sqrt() / t.pow(2).mean(0).sqrt().clamp_min(1e-30)
+        out[f"rel_rms_err_{s}"] = float(rel[t.abs().amax(0) > 0].mean())
+        out[f"flushed_{s}"] = float(((q == 0) & (t != 0)).float().sum() / nonzero)
+    return out
+
+
 def outliers(run_dir: Path, seq_len: int) -> dict[str, Any]:
-    """Per FP8 layer of the trained model: the input's per-channel max-abs (how far the largest channel stands
-    above the median one) and the relative RMS error of quantizing that input per 1x128 tile vs per tensor."""
+    """Per FP8 layer of the trained model, on one validation batch: the statistics of its input activations and of
+    the gradient arriving at its output (what Dgrad and Wgrad quantize), and the same for the worst input with one
+    channel scaled by 100, the 'massive activation' of large LLMs that per-tensor scaling cannot absorb."""
     from nanoseek.checkpoint import load_pretrained
     from nanoseek.train.config import TrainConfig
     from nanoseek.train.data import pretraining_data
     from nanoseek.train.distributed import DistEnv
-    from nanoseek.train.fp8_train import TILE, _fp8_modules, fake_quantize
+    from nanoseek.train.fp8_train import _fp8_modules
     cfg = TrainConfig(**json.loads((run_dir / "train_config.json").read_text()))
-    x, _ = next(pretraining_data(cfg, DistEnv(), cfg.batch_size).val_batches())
+    x, y = next(pretraining_data(cfg, DistEnv(), cfg.batch_size).val_batches())
     model = load_pretrained(run_dir / "model")
     model.eval()
     inputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
     hooks = []
     blocks = [*model.layers, *(m.block for m in model.mtp)]
-    for i, block in enumerate(blocks):
+    for i, block in enumerate(blocks[:len(model.layers)]):  # the main model's blocks (the MTP block is off here)
         for name, mod in _fp8_modules(torch.nn.ModuleDict({"layers": torch.nn.ModuleList([block])})):
             if isinstance(mod, torch.nn.Linear):
                 key = f"block{i}.{name}"
                 hooks.append(mod.register_forward_hook(
-                    lambda m, args, out, key=key: inputs.__setitem__(key, args[0].reshape(-1, args[0].shape[-1]))))
+                    lambda m, args, out, key=key: inputs.__setitem__(key, args[0].detach().flatten(0, -2))))
+                hooks.append(mod.register_full_backward_hook(
+                    lambda m, gin, gout, key=key: grads.__setitem__(key, gout[0].detach().flatten(0, -2))))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        model(x)
+        logits = model(x)
+    torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100).backward()
     for h in hooks:
         h.remove()
-    layers = {}
-    for key, t in inputs.items():
-        t = t.float()
-        amax = t.abs().amax(0)
-        err = {s: float((fake_quantize(t, (1, TILE), s) - t).pow(2).mean().sqrt() / t.pow(2).mean().sqrt())
-               for s in ("tile", "tensor")}
-        layers[key] = {"channels": t.shape[1], "amax_max": float(amax.max()), "amax_median": float(amax.median()),
-                       "outlier_ratio": float(amax.max() / amax.median()), "rel_rms_err_tile": err["tile"],
-                       "rel_rms_err_tensor": err["tensor"],
-                       "underflow_tensor": float((fake_quantize(t, (1, TILE), "tensor") == 0).float().mean()
-                                                 - (t == 0).float().mean())}
+    layers = {k: {**_stats(t), "grad": _stats(grads[k])} for k, t in inputs.items() if k in grads}
     worst = max(layers, key=lambda k: layers[k]["outlier_ratio"])
-    t = inputs[worst].float()
-    return {"layers": layers, "worst_layer": worst, "worst_channel_amax": t.abs().amax(0).tolist()}
+    t = inputs[worst].float().clone()
+    t[:, int(t.abs().amax(0).argmax())] *= 100
+    return {"layers": layers, "worst_layer": worst, "worst_channel_amax": inputs[worst].float().abs().amax(0).tolist(),
+            "massive_outlier": {"layer": worst, "scale": 100, **_stats(t)}}
 
 
 def summarise(a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -163,6 +179,57 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(res: dict[str, Any]) -> str:
+    """The BENCHMARKS.md block: what ran, the per-seed final losses and gaps, and the outlier table."""
+    c, m = res["config"], res["machine"]
+    seeds = c["seeds"]
+    lines = [f"`{res['command']}` — {m['date']}; {m['cpu']}, {m['cores']} cores ({m['matrix_isa']}), torch "
+             f"{m['torch']}; each run on 1 thread, niced, 2 at a time on a machine shared with other jobs.",
+             "",
+             f"`{c['model']}` preset, {c['steps']} steps × {c['batch_size']} sequences × {c['seq_len']} tokens "
+             f"({c['steps'] * c['batch_size'] * c['seq_len']:,} training tokens, the built-in corpus), WSD schedule; "
+             f"validation loss on the same {c['eval_batches']} × {c['batch_size']} × {c['seq_len']} held-out tokens "
+             f"every {c['eval_every']} steps. All three recipes run under `--dtype bfloat16` with the same seed "
+             "(same initialisation and batches).", ""]
+    rows = []
+    for s in seeds:
+        b = res["final_val_loss"][f"bf16-s{s}"]
+        row = [str(s), f"{b:.4f}"]
+        for r in ("fp8-tile", "fp8-tensor"):
+            f = res["final_val_loss"][f"{r}-s{s}"]
+            row += [f"{f:.4f}", f"{100 * (f - b) / b:+.3f}%"]
+        rows.append(row)
+    g = res["relative_gap"]
+    rows.append(["mean ± sd", "", "", f"{100 * g['fp8-tile']['mean']:+.3f}% ± {100 * g['fp8-tile']['stdev']:.3f}%",
+                 "", f"{100 * g['fp8-tensor']['mean']:+.3f}% ± {100 * g['fp8-tensor']['stdev']:.3f}%"])
+    lines.append(markdown_table(["seed", "bf16 val loss", "fp8 tile (V3)", "gap", "fp8 per-tensor", "gap"], rows))
+    noise = res.get("bf16_seed_to_seed_rel_stdev")
+    if noise is not None:
+        lines += ["", f"Seed-to-seed spread of the bf16 runs' final loss (relative sd): {100 * noise:.3f}%."]
+    o = res["outliers"]
+    lines += ["", f"What the quantizers see in the trained bf16 run (seed {seeds[0]}), one validation batch: the "
+              "activations entering each FP8 linear and the gradient arriving at its output (Dgrad/Wgrad's dY). "
+              "Per-channel max-abs (largest over median channel), each channel's RMS error relative to its own RMS "
+              "(averaged over channels) with 1×128 tiles vs one scale per tensor, and the share of non-zero values per-tensor scaling flushes to zero. The "
+              "last row scales the largest channel of the worst input by 100, as the 'massive activations' of "
+              "large LLMs do.", ""]
+    top = sorted(o["layers"].items(), key=lambda kv: -kv[1]["outlier_ratio"])
+
+    def row(name: str, v: dict[str, Any]) -> list[str]:
+        return [name, str(v["channels"]), f"{v['amax_max']:.3g} / {v['amax_median']:.3g} = {v['outlier_ratio']:.1f}",
+                f"{100 * v['rel_rms_err_tile']:.2f}%", f"{100 * v['rel_rms_err_tensor']:.2f}%",
+                f"{100 * v['flushed_tile']:.3f}%", f"{100 * v['flushed_tensor']:.3f}%"]
+    rows = [row(f"{k} input", v) for k, v in top[:6]]
+    gtop = sorted(o["layers"].items(), key=lambda kv: -kv[1]["grad"]["rel_rms_err_tensor"])
+    rows += [row(f"{k} output grad", v["grad"]) for k, v in gtop[:6]]
+    mo = o["massive_outlier"]
+    rows.append(row(f"{mo['layer']} input, one channel × {mo['scale']}", mo))
+    lines.append(markdown_table(["tensor", "channels", "channel max-abs: largest / median", "rel. RMS err, tile",
+                                 "per tensor", "flushed to 0, tile", "per tensor"], rows))
+    lines += ["", "![FP8 loss gap](docs/fp8_loss_gap.png)"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
@@ -176,6 +243,8 @@ def main() -> None:
     p.add_argument("--work", default="runs/fp8_loss_gap", help="where the runs live (resumable)")
     p.add_argument("--out", default="docs/fp8_loss_gap", help="writes OUT.json and OUT.png")
     p.add_argument("--no-train", action="store_true", help="only summarise the runs already there")
+    p.add_argument("--write", default=None, metavar="MD", help="write the results into this markdown file "
+                   "(BENCHMARKS.md), between <!-- fp8_loss_gap:begin/end --> markers")
     a = p.parse_args()
     work = Path(a.work) / f"{a.model}-{a.steps}x{a.batch_size}x{a.seq_len}"
     if not a.no_train:
@@ -189,6 +258,10 @@ def main() -> None:
         print(f"{r}: relative val-loss gap {100 * g['mean']:+.3f}% ± {100 * g['stdev']:.3f}% "
               f"(per seed {', '.join(f'{100 * x:+.3f}%' for x in g['per_seed'])}); target < 0.25%")
     print(f"wrote {a.out}.json and {a.out}.png")
+    if a.write:
+        write_section(a.write, "fp8_loss_gap", "FP8 training: loss gap against bf16 (`python bench/fp8_loss_gap.py "
+                      "--write BENCHMARKS.md`)", markdown(res))
+        print(f"wrote the fp8_loss_gap section of {a.write}")
 
 
 if __name__ == "__main__":
