@@ -211,3 +211,44 @@ def test_fp8_config_validation(tmp_path):
     with pytest.raises(ValueError, match="fp8"):
         build(None, ["--fp8", "true", "--attention", "mha"])
     assert build(None, ["--fp8"]).fp8 is True and build(None, []).fp8 is False
+
+
+def test_fp8_gemms_trace_under_torch_compile():
+    """`--compile true --fp8 true`: dynamo + AOT autograd trace the FP8 GEMMs (the linear's autograd.Function and
+    the routed experts' hook) with the eager values and gradients. (The whole model traces too; too slow here.)"""
+    from nanoseek.model.layers import MLP
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mlp, experts = MLP(128, 96), Experts(4, 128, 32)
+    torch.nn.init.normal_(experts.w13, std=0.05)
+    torch.nn.init.normal_(experts.w2, std=0.05)
+    apply_fp8(_holder(mlp, experts))
+    x = torch.randn(24, 128)
+    idx = torch.randint(0, 4, (24, 2))
+    w = torch.rand(24, 2)
+    counts = torch.zeros(4, dtype=torch.long).index_add_(0, idx.flatten(), torch.ones(48, dtype=torch.long))
+
+    def f(x):
+        return (mlp(x) + experts(x, w, idx, counts)).square().sum()
+
+    ref = f(x)
+    ref.backward()
+    want = [p.grad.clone() for p in (mlp.w2.weight, experts.w13)]
+    mlp.zero_grad()
+    experts.zero_grad()
+    got = torch.compile(f, backend="aot_eager")(x)
+    got.backward()
+    torch.testing.assert_close(got, ref)
+    for p, g in zip((mlp.w2.weight, experts.w13), want):
+        torch.testing.assert_close(p.grad, g)
+
+
+def _holder(mlp, experts):
+    """The shape apply_fp8 walks (model.layers[i].attn / .ffn), around one MLP and one bank of experts."""
+    class Block(torch.nn.Module):
+        def __init__(self, ffn):
+            super().__init__()
+            self.attn, self.ffn = torch.nn.Module(), ffn
+    holder = torch.nn.Module()
+    holder.layers = torch.nn.ModuleList([Block(mlp), Block(experts)])
+    return holder
