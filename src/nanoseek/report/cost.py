@@ -75,7 +75,7 @@ def run_cost(run_dir: Path, price: float) -> dict[str, Any] | None:
     rate = statistics.median(tps)
     hours = tokens / rate / 3600
     precision = ("fp8 (" + tc.get("fp8_scaling", "tile") + " scaling)" if tc.get("fp8") else tc.get("dtype", "auto"))
-    return {"run": str(run_dir), "precision": precision, "steps": steps, "tokens": tokens, "tokens_per_s": rate,
+    return {"run": str(run_dir), "precision": precision, "steps": steps, "tokens": tokens, "seq_len": tc["seq_len"], "tokens_per_s": rate,
             "mfu": statistics.median(mfu) if mfu else None, "device_hours": hours, "price_per_hour": price,
             "price_usd": hours * price, "device": tc.get("device", "auto"), "threads": tc.get("threads")}
 
@@ -85,6 +85,11 @@ def cost_section(cfg: ModelConfig | None, run_dir: Path | None, compare: Path | 
     """What the report's training-cost section shows (see markdown._cost)."""
     from .accounting import published_name
     out: dict[str, Any] = {"price_per_hour": price}
+    if run_dir is not None:
+        out["run"] = run_cost(run_dir, price)
+        if out["run"] is not None:  # price the run's own token count at its own sequence length
+            tokens = out["run"]["tokens"] if tokens is None else tokens
+            seq_len = out["run"]["seq_len"]
     if cfg is not None:
         v3 = published_name(cfg) == "deepseek-v3"
         if v3:
@@ -92,8 +97,6 @@ def cost_section(cfg: ModelConfig | None, run_dir: Path | None, compare: Path | 
         stated_mfu = mfu if mfu is not None else (out["paper"]["implied_mfu_fp8_peak"] if v3 else 0.4)
         out["stated"] = stated_cost(cfg, tokens if tokens is not None else V3_PAPER["tokens"], seq_len, stated_mfu,
                                     price)
-    if run_dir is not None:
-        out["run"] = run_cost(run_dir, price)
     if compare is not None:
         out["compare"] = run_cost(compare, price)
         if out.get("run") and out["compare"]:
