@@ -4,6 +4,7 @@ For each seed, three runs with the same data and initialisation, all under --dty
     bf16         every matmul in bf16 (autocast)                          the baseline
     fp8-tile     --fp8 true --fp8_scaling tile    DeepSeek-V3's 1x128 / 128x128 scaling
     fp8-tensor   --fp8 true --fp8_scaling tensor  the naive per-tensor recipe
+    fp32         --dtype float32 (no autocast)                              control: bf16's own gap to fp32
 Relative gap = (val_loss_fp8 − val_loss_bf16) / val_loss_bf16 at the last step, per seed, then mean and spread.
 Then the outliers: the max-abs per channel of the activations entering each FP8 layer of the trained bf16 model,
 and each layer's quantization error (relative RMS of Q(X) − X) under the two recipes.
@@ -28,7 +29,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import machine_info, markdown_table, write_section  # noqa: E402
 
 RECIPES = {"bf16": [], "fp8-tile": ["--fp8", "true", "--fp8_scaling", "tile"],
-           "fp8-tensor": ["--fp8", "true", "--fp8_scaling", "tensor"]}
+           "fp8-tensor": ["--fp8", "true", "--fp8_scaling", "tensor"],
+           "fp32": ["--dtype", "float32"]}  # control: how far another precision change moves the loss here
+COMPARED = ("fp8-tile", "fp8-tensor", "fp32")
 
 
 def train_args(a: argparse.Namespace, recipe: str, seed: int, run_dir: Path) -> list[str]:
@@ -131,7 +134,7 @@ def summarise(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     curves = {k: [(m["step"], m["val_loss"]) for m in v if "val_loss" in m] for k, v in runs.items()}
     final = {k: c[-1][1] for k, c in curves.items() if c}
     gaps: dict[str, list[float]] = {}
-    for r in ("fp8-tile", "fp8-tensor"):
+    for r in COMPARED:
         gaps[r] = [(final[f"{r}-s{s}"] - final[f"bf16-s{s}"]) / final[f"bf16-s{s}"] for s in a.seeds]
     seed_noise = statistics.stdev(final[f"bf16-s{s}"] for s in a.seeds) / statistics.mean(
         final[f"bf16-s{s}"] for s in a.seeds) if len(a.seeds) > 1 else None
@@ -152,14 +155,14 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(15, 4.5))
     FigureCanvasAgg(fig)
     ax, axg, axo = fig.subplots(1, 3)
-    colors = {"bf16": "tab:blue", "fp8-tile": "tab:green", "fp8-tensor": "tab:red"}
+    colors = {"bf16": "tab:blue", "fp8-tile": "tab:green", "fp8-tensor": "tab:red", "fp32": "tab:gray"}
     for k, c in res["curves"].items():
         recipe = k.rsplit("-s", 1)[0]
         ax.plot([s for s, _ in c], [v for _, v in c], color=colors[recipe], alpha=0.7,
                 label=recipe if k.endswith(f"-s{res['config']['seeds'][0]}") else None)
     ax.set(xlabel="step", ylabel="validation loss (nats/token)", title="validation loss, all seeds")
     ax.legend()
-    for r in ("fp8-tile", "fp8-tensor"):
+    for r in COMPARED:
         steps = [s for s, _ in res["curves"][f"bf16-s{res['config']['seeds'][0]}"]]
         for seed in res["config"]["seeds"]:
             b, f = dict(res["curves"][f"bf16-s{seed}"]), dict(res["curves"][f"{r}-s{seed}"])
@@ -195,14 +198,15 @@ def markdown(res: dict[str, Any]) -> str:
     for s in seeds:
         b = res["final_val_loss"][f"bf16-s{s}"]
         row = [str(s), f"{b:.4f}"]
-        for r in ("fp8-tile", "fp8-tensor"):
+        for r in COMPARED:
             f = res["final_val_loss"][f"{r}-s{s}"]
             row += [f"{f:.4f}", f"{100 * (f - b) / b:+.3f}%"]
         rows.append(row)
     g = res["relative_gap"]
-    rows.append(["mean ± sd", "", "", f"{100 * g['fp8-tile']['mean']:+.3f}% ± {100 * g['fp8-tile']['stdev']:.3f}%",
-                 "", f"{100 * g['fp8-tensor']['mean']:+.3f}% ± {100 * g['fp8-tensor']['stdev']:.3f}%"])
-    lines.append(markdown_table(["seed", "bf16 val loss", "fp8 tile (V3)", "gap", "fp8 per-tensor", "gap"], rows))
+    rows.append(["mean ± sd", ""] + [x for r in COMPARED for x in
+                                     ("", f"{100 * g[r]['mean']:+.3f}% ± {100 * g[r]['stdev']:.3f}%")])
+    lines.append(markdown_table(["seed", "bf16 val loss", "fp8 tile (V3)", "gap", "fp8 per-tensor", "gap",
+                                 "fp32 (control)", "gap"], rows))
     noise = res.get("bf16_seed_to_seed_rel_stdev")
     if noise is not None:
         lines += ["", f"Seed-to-seed spread of the bf16 runs' final loss (relative sd): {100 * noise:.3f}%."]
