@@ -141,7 +141,7 @@ def summarise(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "config": {k: getattr(a, k) for k in ("model", "steps", "seq_len", "batch_size", "eval_every",
                                               "eval_batches", "seeds")},
-        "command": "python bench/fp8_loss_gap.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/fp8_loss_gap.py " + " ".join(x for x in sys.argv[1:] if x != "--no-train"),
         "machine": machine_info(), "final_val_loss": final, "curves": curves,
         "relative_gap": {r: {"per_seed": g, "mean": statistics.mean(g),
                              "stdev": statistics.stdev(g) if len(g) > 1 else 0.0} for r, g in gaps.items()},
@@ -170,7 +170,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
                      label=r if seed == res["config"]["seeds"][0] else None)
     axg.axhline(0.25, color="k", ls="--", lw=1, label="V3's 0.25%")
     axg.axhline(-0.25, color="k", ls="--", lw=1)
-    axg.set(xlabel="step", ylabel="(fp8 − bf16) / bf16, %", title="relative validation-loss gap per seed")
+    axg.set(xlabel="step", ylabel="(recipe − bf16) / bf16, %", title="relative validation-loss gap per seed")
     axg.legend()
     o = res.get("outliers")
     if o:
@@ -192,8 +192,8 @@ def markdown(res: dict[str, Any]) -> str:
              f"`{c['model']}` preset, {c['steps']} steps × {c['batch_size']} sequences × {c['seq_len']} tokens "
              f"({c['steps'] * c['batch_size'] * c['seq_len']:,} training tokens, the built-in corpus), WSD schedule; "
              f"validation loss on the same {c['eval_batches']} × {c['batch_size']} × {c['seq_len']} held-out tokens "
-             f"every {c['eval_every']} steps. All three recipes run under `--dtype bfloat16` with the same seed "
-             "(same initialisation and batches).", ""]
+             f"every {c['eval_every']} steps. bf16 and both FP8 recipes run under `--dtype bfloat16`, the control "
+             "under `--dtype float32`; for a seed all share the initialisation and the batches.", ""]
     rows = []
     for s in seeds:
         b = res["final_val_loss"][f"bf16-s{s}"]
@@ -209,7 +209,8 @@ def markdown(res: dict[str, Any]) -> str:
                                  "fp32 (control)", "gap"], rows))
     noise = res.get("bf16_seed_to_seed_rel_stdev")
     if noise is not None:
-        lines += ["", f"Seed-to-seed spread of the bf16 runs' final loss (relative sd): {100 * noise:.3f}%."]
+        lines += ["", f"Seed-to-seed spread of the bf16 runs' final loss (relative sd): {100 * noise:.3f}% (a different "
+                  "seed changes the initialisation and the batches)."]
     o = res["outliers"]
     lines += ["", f"What the quantizers see in the trained bf16 run (seed {seeds[0]}), one validation batch: the "
               "activations entering each FP8 linear and the gradient arriving at its output (Dgrad/Wgrad's dY). "
@@ -224,7 +225,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{100 * v['rel_rms_err_tile']:.2f}%", f"{100 * v['rel_rms_err_tensor']:.2f}%",
                 f"{100 * v['flushed_tile']:.3f}%", f"{100 * v['flushed_tensor']:.3f}%"]
     rows = [row(f"{k} input", v) for k, v in top[:6]]
-    gtop = sorted(o["layers"].items(), key=lambda kv: -kv[1]["grad"]["rel_rms_err_tensor"])
+    gtop = sorted(o["layers"].items(), key=lambda kv: -kv[1]["grad"]["flushed_tensor"])
     rows += [row(f"{k} output grad", v["grad"]) for k, v in gtop[:6]]
     mo = o["massive_outlier"]
     rows.append(row(f"{mo['layer']} input, one channel × {mo['scale']}", mo))
@@ -239,7 +240,7 @@ def main() -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--eval_every", type=int, default=50)
     p.add_argument("--eval_batches", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
