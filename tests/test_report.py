@@ -141,3 +141,35 @@ def test_report_command(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2  # a directory with neither config.json nor metrics.jsonl
     assert "neither a model directory" in capsys.readouterr().err
     assert accounting(ModelConfig.preset("small"))["params"]["total"] > 0
+
+
+def test_training_cost_reproduces_deepseek_v3_arithmetic_and_prices_a_run(tmp_path):
+    """Issue 16: 14.8T tokens, 2.788M H800 GPU-hours, $5.576M at $2/hour, and the MFU those figures imply; a run's
+    own cost from its logged throughput, beside a compared (bf16) run."""
+    rep = build_report("deepseek-v3", tmp_path / "v3", measure_speed=False)
+    paper = rep["cost"]["paper"]
+    assert paper["price_check_usd"] == pytest.approx(5.576e6)
+    assert paper["pretrain_flops"] == pytest.approx(paper["flops_per_token"] * 14.8e12)
+    # ~3.9e24 FLOPs in 2.664M GPU-hours: ~400 TFLOP/s per GPU, 20% of the FP8 peak, 41% of the BF16 peak
+    assert 0.15 < paper["implied_mfu_fp8_peak"] < 0.25 and 0.3 < paper["implied_mfu_bf16_peak"] < 0.5
+    assert paper["implied_mfu_bf16_peak"] == pytest.approx(2 * paper["implied_mfu_fp8_peak"], rel=1e-3)
+    stated = rep["cost"]["stated"]  # at the implied FP8 MFU the FP8 row is V3's pre-training hours
+    assert stated["fp8"]["device_hours"] == pytest.approx(2.664e6, rel=1e-6)
+    assert stated["bf16"]["device_hours"] == pytest.approx(2 * 2.664e6, rel=1e-3)
+    assert "$5.576M" in rep["markdown"] and "implied MFU vs the FP8 peak" in rep["markdown"]
+
+    runs = {}
+    for name, fp8, tps in (("fp8", True, 1000.0), ("bf16", False, 2500.0)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "train_config.json").write_text(json.dumps({"batch_size": 8, "global_batch_size": None,
+                                                           "seq_len": 128, "fp8": fp8, "dtype": "bfloat16"}))
+        rows = [{"step": s, "loss": 3.0, "tokens_per_s": tps, "mfu": 0.01} for s in (50, 100)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs[name] = run
+    rep = build_report(runs["fp8"], tmp_path / "rep", measure_speed=False, compare=runs["bf16"], price_per_hour=3.0)
+    c = rep["cost"]
+    assert c["run"]["tokens"] == 100 * 8 * 128 and c["run"]["precision"].startswith("fp8")
+    assert c["run"]["device_hours"] == pytest.approx(100 * 8 * 128 / 1000 / 3600)
+    assert c["run"]["price_usd"] == pytest.approx(3 * c["run"]["device_hours"])
+    assert c["speed_ratio"] == pytest.approx(0.4) and "This run, from its measured throughput" in rep["markdown"]

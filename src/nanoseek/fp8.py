@@ -30,23 +30,32 @@ def scale_shape(shape: tuple[int, ...] | torch.Size, block: tuple[int, int]) -> 
     return math.ceil(shape[0] / block[0]), math.ceil(shape[1] / block[1])
 
 
-def quantize_fp8_blockwise(w: torch.Tensor, block: int | tuple[int, int] = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """W (out, in) -> (W_q float8_e4m3fn (out, in), scale_inv fp32 (ceil(out/bo), ceil(in/bi))).
-
-    Edge blocks are zero-padded before taking the block maximum (zeros do not change it), then cropped."""
-    if w.dim() != 2:
-        raise ValueError(f"quantize_fp8_blockwise: expected a 2-D weight, got shape {tuple(w.shape)}")
-    bo, bi = (block, block) if isinstance(block, int) else block
+def quantize_blocks(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (R, C) -> (W_q float8_e4m3fn viewed as blocks (ceil(R/bo), bo, ceil(C/bi), bi), scale_inv fp32
+    (ceil(R/bo), ceil(C/bi))): the quantization itself, shared by checkpoints and FP8 training
+    (nanoseek.train.fp8_train). Edge blocks are zero-padded (zeros do not change the block maximum)."""
+    bo, bi = block
     out, inn = w.shape
     no, ni = scale_shape(w.shape, (bo, bi))
-    padded = w.new_zeros(no * bo, ni * bi, dtype=torch.float32)
-    padded[:out, :inn] = w.float()
-    blocks = padded.view(no, bo, ni, bi)
+    if (out, inn) == (no * bo, ni * bi):
+        padded = w.float()
+    else:
+        padded = w.new_zeros(no * bo, ni * bi, dtype=torch.float32)
+        padded[:out, :inn] = w.float()
+    blocks = padded.reshape(no, bo, ni, bi)
     amax = blocks.abs().amax(dim=(1, 3))
     # An all-zero block gets scale 1 (any positive value dequantises its zeros exactly).
     scale_inv = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    q = (blocks / scale_inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q.view(no * bo, ni * bi)[:out, :inn].contiguous(), scale_inv.contiguous()
+    return (blocks / scale_inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale_inv
+
+
+def quantize_fp8_blockwise(w: torch.Tensor, block: int | tuple[int, int] = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (out, in) -> (W_q float8_e4m3fn (out, in), scale_inv fp32 (ceil(out/bo), ceil(in/bi)))."""
+    if w.dim() != 2:
+        raise ValueError(f"quantize_fp8_blockwise: expected a 2-D weight, got shape {tuple(w.shape)}")
+    bo, bi = (block, block) if isinstance(block, int) else block
+    q, scale_inv = quantize_blocks(w, (bo, bi))
+    return q.reshape(q.shape[0] * bo, q.shape[2] * bi)[:w.shape[0], :w.shape[1]].contiguous(), scale_inv.contiguous()
 
 
 def dequantize_fp8_blockwise(w_q: torch.Tensor, scale_inv: torch.Tensor, block: int | tuple[int, int] = 128,

@@ -69,7 +69,9 @@ class Experts(nn.Module):
 
     Tokens are sorted by expert and each expert multiplies only its own tokens, as one grouped GEMM per projection
     (torch._grouped_mm) or, where that is unavailable, a loop over the experts that received tokens.
+    `gmm`, when set (FP8 training: nanoseek.train.fp8_train), replaces that grouped GEMM: gmm(a, b, offs).
     """
+    gmm = None
 
     def __init__(self, n_experts: int, dim: int, inter_dim: int):
         super().__init__()
@@ -93,16 +95,18 @@ class Experts(nn.Module):
         if block > 1:
             token, w_sorted, counts = _pad_groups(token, w_sorted, flat[order], counts, block)
         xs = x.to(dtype).index_select(0, token)  # (rows, dim), grouped by expert
-        ys = expert_swiglu(xs, w13, w2, counts, self.inter_dim)
+        ys = expert_swiglu(xs, w13, w2, counts, self.inter_dim, self.gmm)
         ys = (ys * w_sorted[:, None]).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
 
 
 def expert_swiglu(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, counts: torch.Tensor,
-                  inter_dim: int) -> torch.Tensor:
+                  inter_dim: int, gmm=None) -> torch.Tensor:
     """SwiGLU of expert e on its contiguous rows of xs (rows sorted by expert, counts[e] of them): one grouped GEMM
-    per projection, or a loop over the experts where torch._grouped_mm is unavailable. Also the expert-parallel
-    forward's local computation (nanoseek.train.expert_parallel)."""
+    per projection (`gmm` when given: FP8 training's), or a loop over the experts where torch._grouped_mm is
+    unavailable. Also the expert-parallel forward's local computation (nanoseek.train.expert_parallel)."""
+    if gmm is not None:
+        return _grouped_swiglu(xs, w13, w2, counts.cumsum(0).to(torch.int32), inter_dim, gmm)
     if _use_grouped_mm(xs):
         offs = counts.cumsum(0).to(torch.int32)
         # torch._grouped_mm's tracing (fake) kernel accepts only bf16, though the CPU kernel runs fp32 too:

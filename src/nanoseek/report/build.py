@@ -73,7 +73,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ the report
 def build_report(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, measure_speed: bool = True,
                  seq_len: int = 4096, batch: int = 4, train_seq: int = 128, steps: int = 3, decode_batch: int = 8,
-                 new_tokens: int = 32, device: str | None = None) -> dict[str, Any]:
+                 new_tokens: int = 32, device: str | None = None, tokens: float | None = None,
+                 mfu: float | None = None, price_per_hour: float = 2.0,
+                 compare: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the report into out_dir (default: RUN_DIR/report for a run, else ./report-NAME); returns it as a
     dict with "files" (the paths written) and "markdown"."""
     from . import charts
@@ -100,6 +102,9 @@ def build_report(target: str | os.PathLike, out_dir: str | os.PathLike | None = 
                 files.append(charts.load_chart(load, out))
         else:
             rep["measured"] = {"skipped": reason}
+    from .cost import cost_section
+    rep["cost"] = cost_section(t.config, t.run_dir, Path(compare) if compare is not None else None, tokens, seq_len,
+                               mfu, price_per_hour)
     if t.run_dir is not None:
         from ..plot import plot
         rep["run"] = run_summary(t.run_dir)

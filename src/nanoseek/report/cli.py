@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TextIO
 
 
@@ -22,6 +23,13 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=32, help="decode measurement: tokens generated per sequence")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the measurements")
+    p.add_argument("--tokens", type=float, default=None,
+                   help="training-cost section: tokens to price the model's training at (default 14.8e12, V3's)")
+    p.add_argument("--mfu", type=float, default=None,
+                   help="training-cost section: stated MFU (default: what V3's figures imply, else 0.4)")
+    p.add_argument("--price-per-hour", type=float, default=2.0, help="training-cost section: $ per device-hour")
+    p.add_argument("--compare", default=None, metavar="RUN_DIR",
+                   help="training-cost section: a second run (e.g. the bf16 twin of an --fp8 run) to set beside it")
 
 
 def run_report(a: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -35,9 +43,18 @@ def run_report(a: argparse.Namespace, out: TextIO | None = None) -> int:
     for name in ("seq_len", "batch", "train_seq", "steps", "decode_batch", "new_tokens"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1 (got {getattr(a, name)})")
+    if a.tokens is not None and a.tokens <= 0:
+        raise ValueError(f"--tokens: must be positive (got {a.tokens})")
+    if a.mfu is not None and not 0 < a.mfu <= 1:
+        raise ValueError(f"--mfu: must lie in (0, 1] (got {a.mfu})")
+    if a.price_per_hour < 0:
+        raise ValueError(f"--price-per-hour: must be >= 0 (got {a.price_per_hour})")
+    if a.compare is not None and not (Path(a.compare) / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"--compare {a.compare}: not a run directory (no metrics.jsonl)")
     rep = build_report(a.target, a.out, measure_speed=not a.no_measure, seq_len=a.seq_len, batch=a.batch,
                        train_seq=a.train_seq, steps=a.steps, decode_batch=a.decode_batch, new_tokens=a.new_tokens,
-                       device=a.device)
+                       device=a.device, tokens=a.tokens, mfu=a.mfu, price_per_hour=a.price_per_hour,
+                       compare=a.compare)
     out.write(rep["markdown"])
     out.write(f"\nwrote {len(rep['files'])} files: {', '.join(rep['files'])}\n")
     return 0

@@ -106,6 +106,73 @@ def _measured(m: dict[str, Any], images: list[str]) -> list[str]:
     return lines + [""] + _img("throughput.png", images)
 
 
+def _money(x: float) -> str:
+    return f"${x / 1e6:,.3f}M" if x >= 1e5 else f"${x:,.2f}" if x >= 0.01 else f"${x:.2e}"
+
+
+def _hours(h: float) -> str:
+    return f"{h / 1e6:,.3f}M" if h >= 1e5 else f"{h:,.1f}" if h >= 1 else f"{h:.3g}"
+
+
+def _run_cost_row(label: str, r: dict[str, Any]) -> list[str]:
+    mfu = "—" if r["mfu"] is None else f"{100 * r['mfu']:.2f}%"
+    return [label, r["precision"], f"{r['tokens']:,}", f"{r['tokens_per_s']:,.0f}", mfu, _hours(r["device_hours"]),
+            _money(r["price_usd"])]
+
+
+def _cost(c: dict[str, Any]) -> list[str]:
+    lines = ["## Training cost", "",
+             "FLOPs = (6 × activated matrix parameters + causal attention, + the MTP module) × tokens; device-hours "
+             "= FLOPs / (MFU × peak × 3600); price = device-hours × the rate.", ""]
+    p = c.get("paper")
+    if p:
+        d = p["device"]
+        lines += ["### DeepSeek-V3's published arithmetic", "",
+                  f"{p['source']}: {p['tokens'] / 1e12:g}T tokens; {p['pretrain_gpu_hours'] / 1e6:.3f}M H800 "
+                  f"GPU-hours of pre-training + {p['context_extension_gpu_hours'] / 1e6:.3f}M context extension + "
+                  f"{p['post_training_gpu_hours'] / 1e6:.3f}M post-training = {p['total_gpu_hours'] / 1e6:.3f}M; "
+                  f"× ${p['price_per_gpu_hour']:g}/GPU-hour = {_money(p['price_check_usd'])} "
+                  f"(published: {_money(p['cost_usd'])}).", ""]
+        lines += _table(["", "value"], [
+            ["training FLOPs per token (seq 4,096, MTP included)", f"{p['flops_per_token']:.4g} "
+             f"({human(p['flops_per_token'])}; {human(p['flops_per_token_no_mtp'])} without MTP)"],
+            ["pre-training FLOPs (× 14.8T tokens)", f"{p['pretrain_flops']:.3e}"],
+            ["achieved per GPU (÷ 2.664M GPU-hours)", f"{p['achieved_flops_per_gpu'] / 1e12:.0f} TFLOP/s"],
+            ["implied MFU vs the FP8 peak", f"{100 * p['implied_mfu_fp8_peak']:.1f}% of "
+             f"{d['fp8_flops'] / 1e12:g} TFLOP/s"],
+            ["implied MFU vs the BF16 peak", f"{100 * p['implied_mfu_bf16_peak']:.1f}% of "
+             f"{d['bf16_flops'] / 1e12:g} TFLOP/s"],
+        ])
+        lines.append("")
+    s = c.get("stated")
+    if s:
+        lines += ["### At a stated MFU", "",
+                  f"{s['tokens']:.3g} tokens at sequence length {s['seq_len']:,}: {s['flops']:.3e} FLOPs "
+                  f"({human(s['flops_per_token'])}/token), on {s['device']} at MFU {100 * s['bf16']['mfu']:.1f}% "
+                  f"and ${s['price_per_hour']:g}/device-hour. FP8 doubles the peak, so at the same MFU the FP8 row "
+                  "is the most FP8 can save (V3 keeps the embedding, head, attention core and norms out of FP8).", ""]
+        lines += _table(["precision of the GEMMs", "peak", "device-hours", "price"], [
+            [k.upper(), f"{s[k]['peak_flops'] / 1e12:g} TFLOP/s", _hours(s[k]["device_hours"]),
+             _money(s[k]["price_usd"])] for k in ("bf16", "fp8")])
+        lines.append("")
+    rows = []
+    if c.get("run"):
+        rows.append(_run_cost_row("this run", c["run"]))
+    if c.get("compare"):
+        rows.append(_run_cost_row(f"compared run `{c['compare']['run']}`", c["compare"]))
+    if rows:
+        lines += ["### This run, from its measured throughput", "",
+                  f"Tokens trained ÷ the median logged tokens/s, as device-hours of the machine it ran on, at "
+                  f"${c['price_per_hour']:g}/hour.", ""]
+        lines += _table(["run", "precision", "tokens", "tokens/s", "MFU (logged)", "device-hours", "price"], rows)
+        if "speed_ratio" in c:
+            lines += ["", f"This run trained at {c['speed_ratio']:.2f}× the compared run's tokens/s. (On a CPU the "
+                      "FP8 GEMMs are emulated — quantize, dequantize, multiply in fp32 — so FP8 is slower there; the "
+                      "saving needs FP8 tensor cores.)"]
+        lines.append("")
+    return lines
+
+
 def _load(load: dict[str, float], title: str, note: str) -> list[str]:
     rows = [[k, f"{v:.3f}"] for k, v in load.items()]
     return [f"### {title}", "", note, ""] + _table(["MoE layer", "max / mean tokens per expert"], rows) + [""]
@@ -158,6 +225,8 @@ def render(rep: dict[str, Any], images: list[str]) -> str:
         loads += _load(run["expert_load_last"], "from the run's metrics", note)
     if loads:
         lines += ["## Expert-load balance", ""] + loads
+    if rep.get("cost"):
+        lines += _cost(rep["cost"])
     if run:
         lines += _run(run, images)
     return "\n".join(lines).rstrip() + "\n"

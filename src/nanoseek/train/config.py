@@ -46,6 +46,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
     compile: bool = False
+    fp8: bool = False  # DeepSeek-V3 FP8 training: attention/MLP/expert GEMMs in e4m3 (nanoseek.train.fp8_train)
+    fp8_scaling: str = "tile"  # tile: V3's 1x128 activation tiles and 128x128 weight blocks | tensor: per-tensor
     parallel: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
     expert_parallel: int = 1  # under torchrun: routed experts split over groups of this many ranks (all-to-all)
     seed: int = 1337
@@ -77,6 +79,12 @@ class TrainConfig:
             raise bad("attention", "expected mla or mha")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise bad("dtype", "expected auto, float32 or bfloat16")
+        if self.fp8_scaling not in ("tile", "tensor"):
+            raise bad("fp8_scaling", "expected tile (DeepSeek-V3's fine-grained scaling) or tensor")
+        if not isinstance(self.fp8, bool):
+            raise bad("fp8", "expected true or false")
+        if self.fp8 and self.attention != "mla":
+            raise bad("fp8", "FP8 training covers the MLA model only (not the MHA baseline)")
         if not 0 <= self.decay_frac <= 1:
             raise bad("decay_frac", "must lie in [0, 1]")
         if self.lr <= 0:

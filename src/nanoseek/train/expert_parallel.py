@@ -208,7 +208,7 @@ def _make_forward(ep: ExpertParallel):
         local_expert = torch.arange(n_local, device=x.device).repeat(N).repeat_interleave(recv.flatten())
         perm = local_expert.argsort(stable=True)
         ys = expert_swiglu(rows.index_select(0, perm), self.w13.to(dtype), self.w2.to(dtype), recv.sum(0),
-                           self.inter_dim)
+                           self.inter_dim, self.gmm)
         ys = torch.zeros_like(ys).index_copy(0, perm, ys)  # back to the order they arrived in
         back = _all_to_all(ys, in_splits, out_splits, ep.group)
         out = (back * w_sorted[:, None]).to(x.dtype)

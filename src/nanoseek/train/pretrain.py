@@ -14,9 +14,10 @@ from .trainer import Trainer
 
 
 def export(trainer: Trainer, tokenizer_dir: str | None, out_dir: str) -> str:
-    """The final model in the Hugging Face layout (loads in transformers and vLLM), with its tokenizer."""
+    """The final model in the Hugging Face layout (loads in transformers and vLLM), with its tokenizer. An FP8-trained
+    model is written in the official FP8 layout (e4m3 weights + weight_scale_inv per 128x128 block)."""
     from ..checkpoint import save_pretrained
-    save_pretrained(trainer.model, out_dir)
+    save_pretrained(trainer.model, out_dir, fp8=trainer.cfg.fp8)
     copy_tokenizer(tokenizer_dir, out_dir)
     return out_dir
 

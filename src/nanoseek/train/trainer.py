@@ -102,6 +102,9 @@ class Trainer:
         if cfg.expert_parallel > 1:
             from .expert_parallel import ExpertParallel
             self.ep = ExpertParallel(self.model, env, cfg.expert_parallel)
+        if cfg.fp8:  # before wrapping: DDP/FSDP/compile then see the FP8 modules (parameters are unchanged)
+            from .fp8_train import apply_fp8
+            apply_fp8(self.model, cfg.fp8_scaling)
         self.objective = TrainingObjective(self.model, cfg.mtp_lambda)
         self.balancer = LoadBalancer(self.model, cfg.bias_update_speed, cfg.seq_aux_alpha)
         self.wrapped = distributed.wrap(self.objective, env, cfg.parallel,
