@@ -269,16 +269,19 @@ def probe_disconnect(base: str, proc: subprocess.Popen, clients: int, rounds: in
 def probe_sigterm(model: Path, streams: int) -> dict[str, Any]:
     findings: list[str] = []
     with server(model, 32, 32, 1, ("--api-key", KEY, "--shutdown-timeout", "60")) as (base, proc):
+        signalled = False
+
         async def stream(c: httpx.AsyncClient, i: int) -> str:
+            nonlocal signalled
             body = {**COMP, "prompt": f"story {i}:", "max_tokens": 60, "stream": True, "ignore_eos": True}
             last = ""
             async with c.stream("POST", base + "/v1/completions", json=body, headers=AUTH) as r:
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
                         last = line
-                        if i == 0 and last != "data: [DONE]" and not getattr(stream, "sent", False):
-                            stream.sent = True  # type: ignore[attr-defined]
-                            proc.send_signal(signal.SIGTERM)  # while every stream is in flight
+                        if i == 0 and last != "data: [DONE]" and not signalled:
+                            signalled = True
+                            proc.send_signal(signal.SIGTERM)  # at stream 0's first chunk, the others sent too
             return last
 
         async def run() -> list[str]:

@@ -4,7 +4,6 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from nanoseek.train.data import pretraining_data
 from nanoseek.train.distributed import DistEnv
 from nanoseek.train.fp8_train import (TILE, FP8Linear, apply_fp8, dequantize, fake_quantize, fp8_grouped_mm,
                                       fp8_linear, quantize, remove_fp8)
+from test_train import prepared  # noqa: F401  (module fixture: tokenizer + shards)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,23 +150,9 @@ def test_apply_fp8_converts_the_v3_gemms_and_keeps_the_rest():
 
 
 # ---------------------------------------------------------------------------------------------------- training
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    from nanoseek.data import prepare
-    from nanoseek.tokenizer import train_tokenizer
-    root = tmp_path_factory.mktemp("prepared")
-    rng = np.random.default_rng(0)
-    vocab = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(2, 6))) for _ in range(40)]
-    docs = [" ".join(rng.choice(vocab, size=rng.integers(20, 60))) + "." for _ in range(200)]
-    train_tokenizer(iter(docs), 300, root / "tok")
-    (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    prepare([root / "docs.jsonl"], str(root / "tok"), root / "data", val_fraction=0.1, progress=False)
-    return root
-
-
 def make(run, prepared, *extra, **kw) -> Trainer:
     args = ["--max_steps", "6", "--seq_len", "32", "--batch_size", "4", "--eval_every", "3", "--ckpt_every", "2",
-            "--warmup_steps", "2", "--run_dir", str(run), "--progress", "false", "--model.vocab_size", "300",
+            "--warmup_steps", "2", "--run_dir", str(run), "--progress", "false", "--model.vocab_size", "400",
             "--model.num_hidden_layers", "2", "--fp8", "true", "--dtype", "bfloat16", *extra]
     cfg = build(None, args, **kw)
     cfg.data, cfg.tokenizer = str(prepared / "data"), str(prepared / "tok")
@@ -178,7 +164,7 @@ def losses(run) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
-def test_fp8_run_resumes_exactly_and_exports_the_official_fp8_layout(tmp_path, prepared):
+def test_fp8_run_resumes_exactly_and_exports_the_official_fp8_layout(tmp_path, prepared):  # noqa: F811
     full = make(tmp_path / "a", prepared)
     assert isinstance(full.model.layers[0].attn.wo, FP8Linear)
     out = full.fit()

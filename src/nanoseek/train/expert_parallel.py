@@ -23,7 +23,6 @@ size; `unshard` puts whole experts back into the model for the Hugging Face expo
 """
 from __future__ import annotations
 
-import math
 import types
 from typing import Any, Iterable
 
@@ -100,16 +99,13 @@ class ExpertParallel:
         the shards' summed over the expert-parallel group."""
         mine = {id(p) for p in self.params()}
         rest = [p.grad for p in params if p.grad is not None and id(p) not in mine]
-        shards = [p.grad for p in self.params()]
-        sq = lambda gs: torch.stack([g.detach().float().pow(2).sum() for g in gs]).sum() if gs else torch.zeros(())
-        local = _local_sq(rest) if rest else torch.zeros(())
-        ex = sq(shards).to(local.device)
+        shards = [p.grad for p in self.params()]  # finish_grads gave every shard a gradient
+        ex = _local_sq(shards)
         dist.all_reduce(ex, group=self.group)
-        total = (local + ex).sqrt()
-        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        if max_norm > 0 and math.isfinite(max_norm):
-            for g in [*rest, *shards]:
-                g.mul_(coef.to(g.device, g.dtype))
+        total = (_local_sq(rest).to(ex.device) + ex).sqrt()
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # as torch's clip_grad_norm_
+        for g in [*rest, *shards]:
+            g.mul_(coef.to(g.device, g.dtype))
         return total
 
     # ------------------------------------------------------------------ checkpoints and export
@@ -166,7 +162,7 @@ def _local_sq(grads: list[torch.Tensor]) -> torch.Tensor:
     plain, sharded = [], []
     for g in grads:
         (sharded if hasattr(g, "to_local") else plain).append(g)
-    sq = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+    sq = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else None)
     for g in plain:
         sq = sq + g.detach().float().pow(2).sum()
     if sharded:
