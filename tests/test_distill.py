@@ -11,7 +11,7 @@ from nanoseek.config import ModelConfig
 from nanoseek.data import encode_document
 from nanoseek.tokenizer import train_tokenizer
 from nanoseek.train.distill import prompt_rows, rejection_sample
-from nanoseek.train.grpo import Rollout
+from nanoseek.train.rollouts import Rollout
 
 
 @pytest.fixture(scope="module")

@@ -45,17 +45,22 @@ def test_documented_command_parses(where, cmd):
     argv = shlex.split(cmd.replace("...", ""))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
-        from nanoseek.train.config import build
-        build(None, extra)  # unknown --keys raise
+    if args.command in ("train", "sft"):
+        from nanoseek.train.config import SFTConfig, TrainConfig
+        cls = TrainConfig if args.command == "train" else SFTConfig
+        cls.build(None, extra)  # unknown keys raise
     elif args.command == "grpo" and extra:
         from nanoseek.train.grpo_config import build as gbuild
         given = {k.lstrip("-").replace("-", "_") for k in extra if k.startswith("--")}
         defaults = {} if given & {"task", "data"} else {"task": "arithmetic"}
         gbuild(None, extra, **({} if "model" in given else {"model": "m"}), **defaults)
-    elif args.command == "sft" and extra:
-        from nanoseek.train.config import build
-        build(None, extra)
+    elif args.command == "distill":
+        from nanoseek.train.config import SFTConfig
+        from nanoseek.train.distill import DistillConfig
+        from nanoseek.train.settings import parse_overrides
+        for key, _ in parse_overrides(extra, "distill"):
+            key = key.replace("-", "_")
+            assert DistillConfig.owns(key) or SFTConfig.owns(key) or key.startswith("model."), f"{where}: {key}"
     else:
         assert not extra or hasattr(args, "_overrides_help"), f"{where}: unknown arguments {extra} in: {cmd}"
 

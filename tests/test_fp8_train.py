@@ -176,9 +176,8 @@ def test_fp8_run_resumes_exactly_and_exports_the_official_fp8_layout(tmp_path, p
     assert math.isfinite(out["val_loss"])
     # export: e4m3 weights + weight_scale_inv, loadable by nanoseek
     from nanoseek.checkpoint import load_pretrained
-    from nanoseek.train.pretrain import export
     from safetensors import safe_open
-    model_dir = export(full, None, str(tmp_path / "model"))
+    model_dir = full.export(str(tmp_path / "model"))  # an FP8 run exports the FP8 layout
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert cfg["quantization_config"]["weight_block_size"] == [128, 128]
     with safe_open(os.path.join(model_dir, "model.safetensors"), "pt") as f:

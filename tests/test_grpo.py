@@ -10,7 +10,8 @@ from nanoseek import Transformer, save_pretrained, tasks
 from nanoseek.cli import main
 from nanoseek.config import ModelConfig
 from nanoseek.tokenizer import train_tokenizer
-from nanoseek.train.grpo import GRPOTrainer, LevelCurriculum, Rollout, pack, render_prompt, token_logprobs
+from nanoseek.train.grpo import GRPOTrainer, pack, token_logprobs
+from nanoseek.train.rollouts import LevelCurriculum, Rollout, render_prompt
 from nanoseek.train.grpo_config import PRESETS, build
 from nanoseek.train.grpo_loss import group_advantages, grpo_loss, k3_kl
 

@@ -72,3 +72,47 @@ def test_a_model_that_cannot_fit_is_refused_before_training(tmp_path, prepared):
     proc = subprocess.run(cmd(prepared, tmp_path, *huge), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "num_hidden_layers=1024 layers of" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "grpo", "distill"])
+def test_help_lists_every_setting_with_its_default_and_what_it_does(command, capsys):
+    """`--help` of a training command is generated from its dataclass: every field, its default, its comment."""
+    from nanoseek.cli import main
+    from nanoseek.train.config import SFTConfig, TrainConfig
+    from nanoseek.train.distill import DistillConfig
+    from nanoseek.train.grpo_config import GRPOConfig
+    cls = {"train": TrainConfig, "sft": SFTConfig, "grpo": GRPOConfig, "distill": DistillConfig}[command]
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    docs = cls.field_help()
+    for name, default in cls.defaults().items():
+        assert docs.get(name), f"{cls.__name__}.{name} has no comment to show in --help"
+        line = next((ln for ln in out.splitlines() if ln.strip().startswith(f"--{name} ")), None)
+        assert line is not None, f"--{name} missing from `nanoseek {command} --help`"
+        shown = default if isinstance(default, str) and default else json.dumps(default)
+        assert line.split()[1] == shown
+    assert TrainConfig.field_help()["lr"] == "peak learning rate"  # the comment itself, inherited from RunConfig
+    assert SFTConfig.defaults()["lr"] == 3e-4 and GRPOConfig.defaults()["lr"] == 1e-4  # per-command defaults
+
+
+def test_settings_flags_and_layers(tmp_path):
+    """--key value, --key=value, a bare --flag (true), --no-flag (false); file < command line < arguments."""
+    from nanoseek.train.config import SFTConfig, TrainConfig
+    from nanoseek.train.distill import DistillConfig
+    cfg = TrainConfig.build({"lr": 0.5, "max_steps": 7}, ["--lr=0.25", "--resume", "--no-progress", "--model.vocab_size",
+                                                          "320"], max_steps=9)
+    assert (cfg.lr, cfg.max_steps, cfg.resume, cfg.progress, cfg.model_overrides) == (0.25, 9, True, False,
+                                                                                       {"vocab_size": 320})
+    with pytest.raises(ValueError, match="unknown key 'no_model'"):
+        TrainConfig.build(None, ["--no-model"])  # --no- only turns off a boolean setting
+    with pytest.raises(ValueError, match="sft config: give --data or --task, not both"):
+        SFTConfig.build(None, ["--task", "arithmetic", "--data", "x.jsonl"])
+    d = DistillConfig.build(None, ["--teacher", "t", "--out", str(tmp_path / "o.jsonl"), "--task", "arithmetic",
+                                   "--no-require-format"], student="tiny", sft={"max_steps": "3"})
+    assert d.require_format is False
+    student = d.student_config()  # the student's SFT: its defaults, distillation's run_dir, the given settings
+    assert (student.max_steps, student.run_dir, student.data, student.model) == (3, "runs/distill",
+                                                                                 str(tmp_path / "o.jsonl"), "tiny")
+    with pytest.raises(ValueError, match="SFT settings need --student"):
+        DistillConfig.build(None, None, teacher="t", out="o", task="arithmetic", sft={"lr": 1})

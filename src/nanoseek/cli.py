@@ -21,10 +21,6 @@ def command(name: str, help: str):
     return register
 
 
-class CLIError(ValueError):
-    """A user error: printed as one line, exit status 2, no traceback."""
-
-
 def load_config(name_or_dir: str):
     from .config import ModelConfig
     return ModelConfig.from_name_or_path(name_or_dir)
@@ -177,49 +173,43 @@ def _demo(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
-# ---------------------------------------------------------------------------------------------------- train
+# ---------------------------------------------------------------------------------------------------- train, sft
+def settings_args(p: argparse.ArgumentParser, settings: type, example: str, more: str = "") -> None:
+    """A training command's arguments: `--config FILE` and `--key value` for every field of its dataclass of
+    settings, which `--help` lists with their defaults and comments."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = settings.help() + (f"\n\n{more}" if more else "") + f"\n\nexample: {example}"
+    p.add_argument("--config", help="TOML or JSON file of settings (the keys listed below)")
+    p.set_defaults(_overrides_help="--key value for any setting listed below")
+
+
+def _settings(settings: type, a: argparse.Namespace, **kwargs):
+    from .train.settings import load_file
+    return settings.build(load_file(a.config) if a.config else None, a._extra, **kwargs)
+
+
 @command("train", "pretrain a model (defaults: the tiny preset on the built-in data, about 10 minutes on 2 CPU cores)")
 def _train(p: argparse.ArgumentParser) -> Runner:
-    p.add_argument("--config", help="TOML or JSON file of training settings")
-    p.set_defaults(_overrides_help="--key value for any setting of nanoseek.train.TrainConfig; "
-                                   "--model.<field> value for a model config field")
+    from .train.config import TrainConfig
+    settings_args(p, TrainConfig, "nanoseek train --model small --max_steps 2000 --run_dir runs/small",
+                  "--model.<field> value overrides a field of the model's config (e.g. --model.n_routed_experts 8).")
 
     def run(a: argparse.Namespace) -> int:
-        from .train.config import build, load_file
         from .train.pretrain import run as train_run
-        cfg = build(load_file(a.config) if a.config else None, a._extra)
-        train_run(cfg)
+        train_run(_settings(TrainConfig, a))
         return 0
     return run
-
-
-# ---------------------------------------------------------------------------------------------------- sft
-def _levels(text: str | None) -> list[int] | None:
-    try:
-        return [int(x) for x in text.split(",")] if text else None
-    except ValueError:
-        raise CLIError(f"levels: expected comma-separated integers such as 1,2,3 (got {text!r})") from None
 
 
 @command("sft", "chat supervised fine-tuning (assistant-only loss, packing) of a model directory on chat jsonl "
                 "or a built-in task's worked solutions")
 def _sft(p: argparse.ArgumentParser) -> Runner:
-    p.add_argument("--config", help="TOML or JSON file of training settings")
-    p.add_argument("--task", help="built-in task (e.g. arithmetic) whose worked solutions are the data, "
-                                  "instead of --data FILE.jsonl")
-    p.add_argument("--task-examples", type=int, default=2000, help="worked solutions generated for --task")
-    p.add_argument("--task-levels", help="comma-separated difficulty levels for --task (default: all)")
-    p.add_argument("--task-shortcuts", type=float, default=0.0, metavar="FRACTION",
-                   help="fraction of --task's solutions that show only the result, not the work (default 0)")
-    p.set_defaults(_overrides_help="--model DIR, --data FILE.jsonl[,FILE2...] and --key value for any setting "
-                                   "of nanoseek.train.TrainConfig")
+    from .train.config import SFTConfig
+    settings_args(p, SFTConfig, "nanoseek sft --model runs/train/model --task arithmetic --task_levels 1,2")
 
     def run(a: argparse.Namespace) -> int:
-        from .train.config import build, load_file
-        from .train.sft import SFT_DEFAULTS, run as sft_run
-        cfg = build({**SFT_DEFAULTS, **(load_file(a.config) if a.config else {})}, a._extra)
-        sft_run(cfg, task=a.task, task_examples=a.task_examples, task_levels=_levels(a.task_levels),
-                task_shortcuts=a.task_shortcuts)
+        from .train.sft import run as sft_run
+        sft_run(_settings(SFTConfig, a))
         return 0
     return run
 
@@ -255,25 +245,14 @@ def _serve(p: argparse.ArgumentParser) -> Runner:
 # ---------------------------------------------------------------------------------------------------- grpo
 @command("grpo", "reasoning RL with rule-based rewards (GRPO, the DeepSeek-R1 recipe) on a task or prompt file")
 def _grpo(p: argparse.ArgumentParser) -> Runner:
-    import dataclasses
-
     from .train.grpo_config import GRPOConfig
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("settings, as --key value (defaults in parentheses; --preset paper|modern sets the algorithm):\n  " +
-                "\n  ".join(f"--{f.name} ({getattr(GRPOConfig(), f.name)!r})"
-                            for f in dataclasses.fields(GRPOConfig)) +
-                "\n\nexample: nanoseek grpo --model runs/sft/model --task arithmetic --levels 1,2 "
-                "--reward accuracy,format --reward-weights 1,0.2")
-    p.add_argument("--config", help="TOML or JSON file of GRPO settings")
-    p.set_defaults(_overrides_help="--model DIR, --task NAME or --data FILE.jsonl, --reward accuracy,format, "
-                                   "--reward-weights 1,0.2, --preset paper|modern and --key value for any field "
-                                   "of nanoseek.train.grpo_config.GRPOConfig")
+    settings_args(p, GRPOConfig, "nanoseek grpo --model runs/sft/model --task arithmetic --levels 1,2 "
+                                 "--reward accuracy,format --reward_weights 1,0.2",
+                  "--preset paper|modern sets the algorithm's settings; explicit settings win over it.")
 
     def run(a: argparse.Namespace) -> int:
-        from .train.config import load_file
         from .train.grpo import run as grpo_run
-        from .train.grpo_config import build
-        grpo_run(build(load_file(a.config) if a.config else None, a._extra))
+        grpo_run(_settings(GRPOConfig, a))
         return 0
     return run
 
@@ -313,40 +292,22 @@ def _plot(p: argparse.ArgumentParser) -> Runner:
 @command("distill", "R1 distillation: sample reasoning traces from a teacher, keep the verified-correct ones "
                     "(rejection sampling) as chat jsonl, optionally SFT a student on them")
 def _distill(p: argparse.ArgumentParser) -> Runner:
-    p.add_argument("--teacher", required=True, metavar="DIR", help="teacher model directory (with its tokenizer)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--task", help="built-in task whose train prompts are sampled (its verifier judges)")
-    src.add_argument("--data", metavar="FILE", help="jsonl of prompt rows (`prompt` or `messages`, and `answer`)")
-    p.add_argument("--out", required=True, metavar="FILE", help="chat jsonl to write (reasoning_content form)")
-    p.add_argument("--student", metavar="DIR|PRESET", help="then fine-tune this model on the kept traces")
-    p.add_argument("--k", type=int, default=4, help="completions sampled per prompt")
-    p.add_argument("--num-prompts", type=int, default=256, help="prompts to sample from")
-    p.add_argument("--levels", help="comma-separated task levels (default: all)")
-    p.add_argument("--max-tokens", type=int, default=512, help="longest completion")
-    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (R1's recommendation)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-per-prompt", type=int, default=2, help="distinct correct traces kept per prompt")
-    p.add_argument("--no-require-format", action="store_true",
-                   help="keep correct answers even without a well-formed think block")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads for sampling and the student's SFT")
-    p.add_argument("--config", help="TOML or JSON file of the student's SFT settings")
-    p.set_defaults(_overrides_help="--key value for the student's SFT (nanoseek.train.TrainConfig)")
+    from .train.distill import DistillConfig
+    settings_args(p, DistillConfig, "nanoseek distill --teacher runs/grpo/model --task arithmetic --out traces.jsonl "
+                                    "--student small --max_steps 300",
+                  "Any other --key value (or key of the --config file) is a setting of the student's SFT (see "
+                  "`nanoseek sft --help`).")
 
     def run(a: argparse.Namespace) -> int:
-        from .train.config import load_file
         from .train.distill import run as distill_run
-        if a._extra and not a.student:
-            raise CLIError(f"unrecognized arguments: {' '.join(a._extra)} (SFT settings need --student)")
-        if a.threads:
-            import torch
-            torch.set_num_threads(a.threads)
-        distill_run(a.teacher, a.out, task=a.task, data=a.data, num_prompts=a.num_prompts,
-                    levels=_levels(a.levels), k=a.k, max_tokens=a.max_tokens, temperature=a.temperature,
-                    top_p=a.top_p, seed=a.seed, require_format=not a.no_require_format,
-                    max_per_prompt=a.max_per_prompt, device=a.device, student=a.student, sft_overrides=a._extra,
-                    sft_file=load_file(a.config) if a.config else None)
+        from .train.settings import load_file, parse_overrides
+        own: dict[str, object] = {}
+        sft: dict[str, object] = {}
+        pairs = list((load_file(a.config) if a.config else {}).items()) + parse_overrides(a._extra, DistillConfig.what)
+        for key, value in pairs:  # distillation's own settings, then the student's SFT's
+            key = key.replace("-", "_")
+            (own if DistillConfig.owns(key) else sft)[key] = value
+        distill_run(DistillConfig.build(None, None, **own, **({"sft": sft} if sft else {})))
         return 0
     return run
 

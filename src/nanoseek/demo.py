@@ -215,17 +215,16 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
                 "accuracy": _evaluate(d / "model", eval_limit, log)}
 
     def sft_values(d: Path, model: Path) -> dict[str, Any]:
-        from .train import sft as sft_mod
-        return {**sft_mod.SFT_DEFAULTS, **{k: v for k, v in SFT.items() if not k.startswith("task_")},
-                "model": str(model), "run_dir": str(d), "resume": True, "max_steps": _steps(SFT["max_steps"], scale)}
+        """The SFT stage's settings (the distill stage's student gets the same)."""
+        return {**SFT, "model": str(model), "run_dir": str(d), "resume": True,
+                "max_steps": _steps(SFT["max_steps"], scale)}
 
     def sft(d: Path) -> dict[str, Any]:
         from .train import sft as sft_mod
-        from .train.config import build
+        from .train.config import SFTConfig
         if latest is None:
             raise ValueError("demo: SFT needs a pretrained model (do not skip pretrain on a fresh --out)")
-        s = sft_mod.run(build(sft_values(d, latest), common), task=TASK, task_examples=SFT["task_examples"],
-                        task_levels=LEVELS, task_shortcuts=SFT["task_shortcuts"], log=log)
+        s = sft_mod.run(SFTConfig.build(sft_values(d, latest), common, task=TASK, task_levels=LEVELS), log=log)
         return {"val_loss": s["val_loss"], "steps": s["step"], "accuracy": _evaluate(d / "model", eval_limit, log)}
 
     def distill(d: Path) -> dict[str, Any]:
@@ -237,10 +236,12 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         if not (base / "config.json").exists() or not (teacher / "config.json").exists():
             raise ValueError("demo: distill needs the pretrain and grpo stages' models")
         v = sft_values(d, base)
-        overrides = [f"--{k}={v[k]}" for k in ("run_dir", "max_steps", "seq_len", "batch_size", "lr", "resume")]
-        s = distill_mod.run(str(teacher), str(d / "traces.jsonl"), task=TASK, levels=LEVELS, seed=seed,
-                            num_prompts=DISTILL_PROMPTS, k=2, max_tokens=MAX_TOKENS, student=str(base),
-                            sft_overrides=[*overrides, *common], log=log)
+        student_sft = {k: v[k] for k in ("run_dir", "max_steps", "seq_len", "batch_size", "lr", "resume")}
+        student_sft["seed"] = seed
+        cfg = distill_mod.DistillConfig.build(None, common, teacher=str(teacher), out=str(d / "traces.jsonl"),
+                                              task=TASK, levels=LEVELS, num_prompts=DISTILL_PROMPTS, k=2,
+                                              max_tokens=MAX_TOKENS, student=str(base), sft=student_sft)
+        s = distill_mod.run(cfg, log=log)
         st = s["stats"]
         return {"traces": st.kept, "prompts": st.prompts, "teacher_sample_accuracy": st.correct / max(st.samples, 1),
                 "steps": s["sft"]["step"], "accuracy": _evaluate(d / "model", eval_limit, log)}

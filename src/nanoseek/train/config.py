@@ -1,84 +1,57 @@
-"""TrainConfig: every knob of a training run, flat, with a TOML/JSON file and `--key value` overrides on top.
+"""TrainConfig (pretraining) and SFTConfig (fine-tuning on chats): flat settings, a TOML/JSON file and `--key value`
+overrides on top (`nanoseek.train.settings`).
 
 Model fields are overridden as `--model.<hf_config_field> value` (e.g. `--model.n_routed_experts 0`).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from .settings import RunConfig, parse_json_or_text
 
 
 @dataclass
-class TrainConfig:
-    # what to train
+class TrainConfig(RunConfig):
+    """`nanoseek train`: pretraining from scratch (RunConfig's fields, then these)."""
+    what: ClassVar[str] = "train config"
     model: str = "tiny"  # preset name or model directory (config.json; weights loaded when present, for SFT)
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # model config fields (--model.<field> value)
     dense: bool = False  # dense baseline with the same activated parameters (routed+shared experts -> one MLP)
     attention: str = "mla"  # mla | mha: standard multi-head attention baseline (ablations; not exportable)
-    init_std: float | None = None  # None: the config's initializer_range
+    init_std: float | None = None  # initialisation std (None: the config's initializer_range)
     # data
     data: str = "builtin"  # a prepared data dir (manifest.json), or a built-in corpus: builtin | pydoc | tasks
     tokenizer: str | None = None  # tokenizer dir; None: train one for built-in corpora (run_dir/tokenizer)
     vocab_size: int = 1024  # for a tokenizer trained here
-    tokenizer_digits: int = 1  # ... and the most digits one of its tokens holds (3 = DeepSeek-V3; 1 learns arithmetic)
-    seq_len: int = 256
+    tokenizer_digits: int = 1  # most digits one token of a tokenizer trained here holds (3: DeepSeek-V3; 1 learns sums)
+    seq_len: int = 256  # tokens per training sequence
     batch_size: int = 16  # sequences per micro-batch per process
     global_batch_size: int | None = None  # sequences per optimizer step; gradient accumulation fills the gap
-    # optimisation
-    max_steps: int = 600
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    schedule: str = "wsd"  # wsd: warmup, constant, decay (DeepSeek-V3) | cosine | constant
-    warmup_steps: int = 30
     decay_frac: float = 0.2  # wsd: fraction of steps spent decaying
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
     # DeepSeek-V3 specifics
-    bias_update_speed: float = 1e-3  # gamma of auxiliary-loss-free balancing (0 disables)
     seq_aux_alpha: float = 1e-4  # complementary sequence-wise balance loss (0 disables)
     mtp_lambda: float = 0.3  # MTP loss weight lambda (loss += lambda/D * sum_k CE_k); 0 disables MTP training
     # systems
-    device: str = "auto"
-    dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
-    compile: bool = False
+    compile: bool = False  # torch.compile the training step
     fp8: bool = False  # DeepSeek-V3 FP8 training: attention/MLP/expert GEMMs in e4m3 (nanoseek.train.fp8_train)
     fp8_scaling: str = "tile"  # tile: V3's 1x128 activation tiles and 128x128 weight blocks | tensor: per-tensor
     parallel: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2 fully_shard)
     expert_parallel: int = 1  # under torchrun: routed experts split over groups of this many ranks (all-to-all)
-    seed: int = 1337
-    threads: int | None = None
-    # evaluation, checkpoints, logging
-    run_dir: str = "runs/train"
-    eval_every: int = 100
-    eval_batches: int = 8
-    ckpt_every: int = 100
-    keep_checkpoints: int = 2
-    resume: bool = False
-    export: bool = True  # save_pretrained the final model into run_dir/model
-    log_every: int = 10
-    progress: bool = True
+    eval_batches: int = 8  # validation batches per evaluation
 
     def validate(self) -> None:
-        def bad(name: str, msg: str) -> ValueError:
-            return ValueError(f"train config: {name}: {msg} (got {getattr(self, name)!r})")
-        for name in ("seq_len", "batch_size", "max_steps", "eval_batches", "ckpt_every", "eval_every", "log_every"):
+        super().validate()
+        bad = self.bad
+        for name in ("seq_len", "batch_size", "eval_batches", "eval_every"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
-        if self.schedule not in ("wsd", "cosine", "constant"):
-            raise bad("schedule", "expected wsd, cosine or constant")
         if self.parallel not in ("ddp", "fsdp"):
             raise bad("parallel", "expected ddp or fsdp")
         if not isinstance(self.expert_parallel, int) or self.expert_parallel < 1:
             raise bad("expert_parallel", "expected a positive number of processes")
         if self.attention not in ("mla", "mha"):
             raise bad("attention", "expected mla or mha")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise bad("dtype", "expected auto, float32 or bfloat16")
         if self.fp8_scaling not in ("tile", "tensor"):
             raise bad("fp8_scaling", "expected tile (DeepSeek-V3's fine-grained scaling) or tensor")
         if not isinstance(self.fp8, bool):
@@ -87,12 +60,8 @@ class TrainConfig:
             raise bad("fp8", "FP8 training covers the MLA model only (not the MHA baseline)")
         if not 0 <= self.decay_frac <= 1:
             raise bad("decay_frac", "must lie in [0, 1]")
-        if self.lr <= 0:
-            raise bad("lr", "must be positive")
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise bad("global_batch_size", "must be >= 1")
-        if self.keep_checkpoints < 1:
-            raise bad("keep_checkpoints", "must be >= 1")
         if self.tokenizer_digits not in (1, 2, 3):
             raise bad("tokenizer_digits", "expected 1, 2 or 3")
 
@@ -104,118 +73,78 @@ class TrainConfig:
                              f"processes = {self.batch_size * world_size}")
         return per_step
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    # ------------------------------------------------------------------ `--model.<field>` and a [model] table
+    @classmethod
+    def _file_items(cls, file_values: dict[str, Any]) -> list[tuple[str, Any]]:
+        items: list[tuple[str, Any]] = []
+        for k, v in file_values.items():
+            if k == "model" and isinstance(v, dict):  # [model] table in TOML: name = preset, other keys override
+                items += [("model" if mk == "name" else f"model.{mk}", mv) for mk, mv in v.items()]
+            else:
+                items.append((k, v))
+        return items
+
+    @classmethod
+    def _put(cls, values: dict[str, Any], key: str, value: Any, source: str) -> None:
+        overrides = values.setdefault("model_overrides", {})
+        if key.startswith("model."):
+            overrides[key[6:]] = parse_json_or_text(value) if isinstance(value, str) else value
+        elif key == "model_overrides" and isinstance(value, dict):
+            overrides.update(value)
+        else:
+            super()._put(values, key, value, source)
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Parse a command-line string into the type of the field's default."""
-    if not isinstance(value, str):
-        return value
-    if value.lower() in ("none", "null"):
+@dataclass
+class SFTConfig(TrainConfig):
+    """`nanoseek sft`: fine-tuning on chats (TrainConfig's fields with fine-tuning defaults, then these)."""
+    what: ClassVar[str] = "sft config"
+    data: str = ""  # chat jsonl file(s), comma-separated, or a prepared data directory (or use --task)
+    run_dir: str = "runs/sft"  # where checkpoints, metrics.jsonl and the exported model go
+    max_steps: int = 200  # optimizer steps
+    lr: float = 3e-4  # peak learning rate
+    schedule: str = "cosine"  # wsd | cosine | constant
+    warmup_steps: int = 10  # linear warmup from 0 to lr
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    batch_size: int = 8  # sequences per micro-batch per process
+    seq_len: int = 512  # tokens per packed row of conversations
+    eval_every: int = 50  # evaluate every this many steps (and at the end)
+    ckpt_every: int = 50  # checkpoint every this many steps (and at the end)
+    eval_batches: int = 4  # validation batches per evaluation
+    task: str | None = None  # built-in task (e.g. arithmetic) whose worked solutions are the data, instead of --data
+    task_examples: int = 2000  # worked solutions generated for --task
+    task_levels: Any = None  # comma-separated difficulty levels for --task, e.g. 1,2 (default: all)
+    task_shortcuts: float = 0.0  # fraction of --task's solutions that show only the result, not the work
+
+    def validate(self) -> None:
+        super().validate()
+        if self.attention != "mla":
+            raise self.bad("attention", "mha is a pretraining ablation baseline; SFT trains and exports DeepSeek "
+                                        "(MLA) models")
+        if self.task and self.data:
+            raise ValueError(f"{self.what}: give --data or --task, not both")
+        if not 0.0 <= self.task_shortcuts <= 1.0:
+            raise self.bad("task_shortcuts", "must be a fraction in [0, 1]")
+        if self.task_examples < 1:
+            raise self.bad("task_examples", "must be >= 1")
+        self.level_list()
+
+    def level_list(self) -> list[int] | None:
+        return level_list(self.task_levels, f"{self.what}: task_levels")
+
+
+def level_list(levels: Any, name: str) -> list[int] | None:
+    """`1,2`, [1, 2] or None (all levels) as a list of ints."""
+    if levels in (None, ""):
         return None
-    if isinstance(default, bool):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"train config: {name}: expected a boolean, got {value!r}")
-    for typ in (int, float):
-        if isinstance(default, typ):
-            try:
-                return typ(value)
-            except ValueError:
-                if typ is int:
-                    try:
-                        f = float(value)
-                        if f.is_integer():
-                            return int(f)
-                    except ValueError:
-                        pass
-                raise ValueError(f"train config: {name}: expected {typ.__name__}, got {value!r}") from None
-    if default is None:  # Optional fields: guess
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def load_file(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path} not found")
-    with open(path, "rb") as f:
-        if path.endswith(".json"):
-            return json.load(f)
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            return tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: invalid TOML ({e})") from None
+    items = levels if isinstance(levels, (list, tuple)) else str(levels).split(",")
+    try:
+        return [int(x) for x in items]
+    except ValueError:
+        raise ValueError(f"{name}: expected integers such as 1,2 (got {levels!r})") from None
 
 
 def build(file_values: dict[str, Any] | None = None, overrides: list[str] | None = None,
           **kwargs: Any) -> TrainConfig:
-    """Defaults < config file < `--key value` overrides < keyword arguments. Unknown keys are errors."""
-    defaults = TrainConfig()
-    names = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    model_overrides: dict[str, Any] = {}
-
-    def put(key: str, value: Any, source: str) -> None:
-        key = key.replace("-", "_")
-        if key.startswith("model."):
-            model_overrides[key[6:]] = json.loads(value) if isinstance(value, str) and _is_json(value) else value
-        elif key in ("model_overrides",) and isinstance(value, dict):
-            model_overrides.update(value)
-        elif key in names:
-            values[key] = _coerce(key, value, names[key])
-        else:
-            raise ValueError(f"train config: unknown key {key!r} ({source})")
-
-    for k, v in (file_values or {}).items():
-        if k == "model" and isinstance(v, dict):  # [model] table in TOML
-            for mk, mv in v.items():
-                if mk == "name":
-                    values["model"] = mv
-                else:
-                    model_overrides[mk] = mv
-        else:
-            put(k, v, "config file")
-    for key, val in parse_overrides(overrides, "train config"):
-        put(key, val, "command line")
-    for k, v in kwargs.items():
-        put(k, v, "argument")
-    cfg = TrainConfig(**values)
-    cfg.model_overrides = {**cfg.model_overrides, **model_overrides}
-    cfg.validate()
-    return cfg
-
-
-def parse_overrides(args: list[str] | None, what: str) -> list[tuple[str, str]]:
-    """`--key value`, `--key=value` and bare `--flag` (= true) pairs, in order."""
-    args, out = list(args or []), []
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--"):
-            raise ValueError(f"{what}: expected --key value, got {key!r}")
-        key = key[2:]
-        if "=" in key:
-            key, val = key.split("=", 1)
-        elif args and not args[0].startswith("--"):
-            val = args.pop(0)
-        else:
-            val = "true"  # a bare flag
-        out.append((key, val))
-    return out
-
-
-def _is_json(s: str) -> bool:
-    try:
-        json.loads(s)
-        return True
-    except json.JSONDecodeError:
-        return False
+    """TrainConfig.build: defaults < config file < `--key value` overrides < keyword arguments."""
+    return TrainConfig.build(file_values, overrides, **kwargs)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -71,12 +69,3 @@ def pretraining_data(cfg: TrainConfig, env: distributed.DistEnv, global_batch: i
         raise ValueError(f"{data_dir}: the validation split holds no window of seq_len {cfg.seq_len}")
     return Data(train_batches, val_batches, train.vocab_size, unigram_entropy(train), tok_dir,
                 {"data_dir": data_dir, "train_tokens": train.num_tokens, "val_tokens": val.num_tokens})
-
-
-def copy_tokenizer(tok_dir: str | None, out_dir: str) -> None:
-    if not tok_dir:
-        return
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        src = Path(tok_dir) / name
-        if src.exists():
-            shutil.copyfile(src, Path(out_dir) / name)

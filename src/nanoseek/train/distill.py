@@ -11,20 +11,67 @@
 4. They are written as chat jsonl, the reasoning in the assistant message's `reasoning_content` (the DeepSeek API
    form), ready for `nanoseek sft`.
 5. With --student (a model directory, or a preset trained from scratch with the teacher's tokenizer), the student
-   is fine-tuned on them with `nanoseek sft` (its settings as `--key value`).
+   is fine-tuned on them with `nanoseek sft` (its settings as `--key value`: any key that is not distillation's).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
 from ..reasoning import ReasoningParser
-from ..rewards import format_reward, required_fields, resolve_reward
-from .grpo import EngineSampler, Rollout, load_rows, render_prompt
-from .sft import write_jsonl
+from ..rewards import format_reward, resolve_reward
+from .config import SFTConfig, level_list
+from .rollouts import EngineSampler, Rollout, check_fields, load_rows, render_prompt
+from .settings import Settings
+from .sft import has_weights, write_jsonl
+
+
+@dataclass
+class DistillConfig(Settings):
+    """`nanoseek distill`: rejection sampling from a teacher, then (with --student) SFT of a student."""
+    what: ClassVar[str] = "distill config"
+    teacher: str = ""  # teacher model directory (with its tokenizer)
+    out: str = ""  # chat jsonl to write (reasoning_content form)
+    task: str | None = None  # built-in task whose train prompts are sampled (its verifier judges)
+    data: str | None = None  # jsonl of prompt rows (`prompt` or `messages`, and `answer`), instead of --task
+    num_prompts: int = 256  # prompts to sample from
+    levels: Any = None  # comma-separated task levels, e.g. 1,2 (default: all)
+    k: int = 4  # completions sampled per prompt
+    max_tokens: int = 512  # longest completion
+    temperature: float = 0.6  # sampling temperature (R1's recommendation)
+    top_p: float = 0.95  # nucleus sampling
+    max_per_prompt: int = 2  # distinct correct traces kept per prompt
+    require_format: bool = True  # keep only well-formed answers (one think block, then a boxed answer)
+    seed: int = 0  # seeds the prompts and the sampling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # torch CPU threads, for sampling and the student's SFT
+    student: str | None = None  # then fine-tune this model directory or preset on the kept traces
+    sft: dict[str, Any] = field(default_factory=dict)  # the student's SFT settings (SFTConfig keys; run_dir runs/distill)
+
+    def validate(self) -> None:
+        for name in ("teacher", "out"):
+            if not getattr(self, name):
+                raise self.bad(name, "required")
+        if bool(self.task) == bool(self.data):
+            raise ValueError(f"{self.what}: give exactly one of --task NAME and --data FILE.jsonl")
+        for name in ("num_prompts", "k", "max_tokens", "max_per_prompt"):
+            if getattr(self, name) < 1:
+                raise self.bad(name, "must be >= 1")
+        if self.temperature < 0:
+            raise self.bad("temperature", "must be >= 0")
+        if self.sft and not self.student:
+            raise ValueError(f"{self.what}: SFT settings need --student (got {', '.join(self.sft)})")
+        level_list(self.levels, f"{self.what}: levels")
+
+    def student_config(self) -> SFTConfig:
+        """The student's SFT: on the kept traces, tokenized with the student's tokenizer or else the teacher's."""
+        assert self.student
+        tok = self.student if os.path.isfile(os.path.join(self.student, "tokenizer.json")) else self.teacher
+        extra = {} if has_weights(self.student) and tok == self.student else {"tokenizer": tok}
+        return SFTConfig.build({"run_dir": "runs/distill", **self.sft}, model=self.student, data=self.out, **extra)
 
 
 @dataclass
@@ -44,8 +91,6 @@ class DistillStats:
 def prompt_rows(task: str | None, data: str | None, num_prompts: int, levels: Sequence[int] | None,
                 seed: int) -> tuple[list[dict[str, Any]], Callable[..., Any]]:
     """(prompt rows with `messages`, the verifier)."""
-    if bool(task) == bool(data):
-        raise ValueError("distill: give exactly one of --task NAME and --data FILE.jsonl")
     if task:
         from .. import tasks
         t = tasks.get(task)
@@ -65,12 +110,7 @@ def rejection_sample(sampler: Callable[..., list[list[Rollout]]], tokenizer: Any
                      max_per_prompt: int = 2, chunk: int = 32, log: Callable[[str], None] = print
                      ) -> tuple[list[dict[str, Any]], DistillStats]:
     """Sample k completions per row, keep the verified-correct ones; returns (chat rows, statistics)."""
-    need = required_fields(verifier)
-    for i, r in enumerate(rows):
-        missing = [f for f in need if f not in r]
-        if missing:
-            raise ValueError(f"prompt row {i} (id {r.get('id', '?')}): the verifier needs field(s) "
-                             f"{', '.join(missing)}, which the row lacks")
+    check_fields(verifier, "the verifier", rows)
     stats = DistillStats(prompts=len(rows))
     out: list[dict[str, Any]] = []
     for start in range(0, len(rows), chunk):
@@ -102,42 +142,36 @@ def rejection_sample(sampler: Callable[..., list[list[Rollout]]], tokenizer: Any
     return out, stats
 
 
-def run(teacher: str, out: str, *, task: str | None = None, data: str | None = None, num_prompts: int = 256,
-        levels: Sequence[int] | None = None, k: int = 4, max_tokens: int = 512, temperature: float = 0.6,
-        top_p: float = 0.95, seed: int = 0, require_format: bool = True, max_per_prompt: int = 2,
-        device: str = "auto", student: str | None = None, sft_overrides: Sequence[str] = (),
-        sft_file: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: DistillConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from ..checkpoint import load_pretrained
     from ..tokenizer import Tokenizer
     from .distributed import pick_device
-    if not os.path.isfile(os.path.join(teacher, "tokenizer.json")):
-        raise FileNotFoundError(f"teacher {teacher}: no tokenizer.json (a model directory as nanoseek sft, grpo "
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not os.path.isfile(os.path.join(cfg.teacher, "tokenizer.json")):
+        raise FileNotFoundError(f"teacher {cfg.teacher}: no tokenizer.json (a model directory as nanoseek sft, grpo "
                                 f"and train export it)")
-    rows, verifier = prompt_rows(task, data, num_prompts, levels, seed)
-    dev = pick_device(device)
-    model = load_pretrained(teacher, dtype=torch.float32 if dev.type == "cpu" else None, device=dev)
-    tok = Tokenizer.from_pretrained(teacher)
+    student = cfg.student_config() if cfg.student else None  # bad SFT settings fail before the sampling
+    rows, verifier = prompt_rows(cfg.task, cfg.data, cfg.num_prompts, level_list(cfg.levels, "levels"), cfg.seed)
+    dev = pick_device(cfg.device)
+    model = load_pretrained(cfg.teacher, dtype=torch.float32 if dev.type == "cpu" else None, device=dev)
+    tok = Tokenizer.from_pretrained(cfg.teacher)
     longest = max(len(render_prompt(tok, r["messages"])[0]) for r in rows)
-    sampler = EngineSampler(model, tok, min(model.config.max_position_embeddings, longest + max_tokens + 8),
-                            max_num_seqs=min(256, 32 * k))
-    kept, stats = rejection_sample(sampler, tok, rows, verifier, k=k, max_tokens=max_tokens,
-                                   temperature=temperature, top_p=top_p, seed=seed, require_format=require_format,
-                                   max_per_prompt=max_per_prompt, log=log)
-    write_jsonl(out, kept)
-    log(f"distill: {stats.summary()}; wrote {out}")
-    summary: dict[str, Any] = {"stats": stats, "out": out}
-    if student:
+    sampler = EngineSampler(model, tok, min(model.config.max_position_embeddings, longest + cfg.max_tokens + 8),
+                            max_num_seqs=min(256, 32 * cfg.k))
+    kept, stats = rejection_sample(sampler, tok, rows, verifier, k=cfg.k, max_tokens=cfg.max_tokens,
+                                   temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                   require_format=cfg.require_format, max_per_prompt=cfg.max_per_prompt, log=log)
+    write_jsonl(cfg.out, kept)
+    log(f"distill: {stats.summary()}; wrote {cfg.out}")
+    summary: dict[str, Any] = {"stats": stats, "out": cfg.out}
+    if student is not None:
         if not kept:
             raise ValueError(f"distill: the teacher produced no verified-correct completion in {stats.samples} "
-                             f"samples; nothing to fine-tune {student} on (raise --k or --num-prompts, or use "
+                             f"samples; nothing to fine-tune {cfg.student} on (raise --k or --num_prompts, or use "
                              f"easier --levels)")
         del model, sampler
         from . import sft
-        from .config import build
-        from .sft import SFT_DEFAULTS, has_weights
-        values = {**SFT_DEFAULTS, "run_dir": "runs/distill", **(sft_file or {})}
-        student_tok = student if os.path.isfile(os.path.join(student, "tokenizer.json")) else teacher
-        cfg = build(values, list(sft_overrides), model=student, data=out,
-                    **({} if has_weights(student) and student_tok == student else {"tokenizer": student_tok}))
-        summary["sft"] = sft.run(cfg, log=log)
+        summary["sft"] = sft.run(student, log=log)
     return summary

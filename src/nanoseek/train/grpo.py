@@ -12,7 +12,8 @@ metrics.jsonl gets the mean reward per function, accuracy (the task's verifier),
 length and truncation, KL, clip fractions and entropy; checkpoints resume exactly (the prompts and sampling seeds of
 step s depend only on the seed and s); the final policy is exported to run_dir/model with its tokenizer.
 
-A reward that raises is counted (`reward_errors`) and scores None; a completion whose every reward is None is
+The prompts, their rendering, the sampler and the reward functions are in `rollouts.py`; the checkpoint/resume/
+metrics loop is `loop.py`'s. A reward that raises is counted (`reward_errors`) and scores None; a completion whose every reward is None is
 skipped (advantage 0, masked out of the loss). Rows missing a field a reward needs are an error naming the row.
 """
 from __future__ import annotations
@@ -20,221 +21,20 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
-from ..rewards import required_fields, resolve_reward
-from . import distributed, state
+from ..rewards import resolve_reward
+from . import distributed
 from .balance import LoadBalancer
 from .grpo_config import GRPOConfig
 from .grpo_loss import grpo_loss, group_advantages
+from .loop import TrainingError, TrainingLoop
 from .optim import build_optimizer, lr_at
-from .trainer import TrainingError, autocast_dtype
-
-
-# ------------------------------------------------------------------------------------------------ prompts
-def load_rows(path: str) -> list[dict[str, Any]]:
-    """Prompt rows of a jsonl file: each a JSON object with `prompt` (text) or `messages` (a chat)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not (isinstance(row.get("prompt"), str) or
-                                                 isinstance(row.get("messages"), list)):
-                raise ValueError(f"{path}:{n}: a row needs a `prompt` string or a `messages` list")
-            row.setdefault("id", f"{os.path.basename(path)}:{n}")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no prompt rows")
-    return rows
-
-
-class LevelCurriculum:
-    """A prompt curriculum at the model's frontier over a task's difficulty levels.
-
-    Each level keeps a running estimate p_l of the policy's accuracy on it (an exponential moving average, over
-    steps, of the mean accuracy of the level's groups in the step's rollouts; 0.5 before any). A prompt's level is
-    drawn with weight
-        w_l = max(1 − p_l^G − (1 − p_l)^G, floor),
-    the probability that a group of G samples at accuracy p_l holds both a right and a wrong answer (an informative
-    group: GRPO learns nothing from a group whose rewards are all equal). Levels the model always or never solves
-    keep the floor weight, so they are revisited and their estimate can move."""
-
-    def __init__(self, levels: Sequence[int], group_size: int, momentum: float = 0.8, floor: float = 0.05):
-        self.levels, self.G, self.momentum, self.floor = list(levels), group_size, momentum, floor
-        self.acc: dict[int, float | None] = {lv: None for lv in self.levels}
-
-    def weights(self) -> list[float]:
-        out = []
-        for lv in self.levels:
-            p = 0.5 if self.acc[lv] is None else self.acc[lv]
-            out.append(max(1.0 - p ** self.G - (1.0 - p) ** self.G, self.floor))
-        return out
-
-    def update(self, level: int, group_accuracy: float) -> None:
-        old = self.acc.get(level)
-        self.acc[level] = group_accuracy if old is None else self.momentum * old + (1 - self.momentum) * group_accuracy
-
-    def state_dict(self) -> dict[str, Any]:
-        return {str(k): v for k, v in self.acc.items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.acc.update({int(k): v for k, v in state.items()})
-
-
-class Prompts:
-    """The RL prompts, drawn in order: a built-in task's train split (its own stream, not SFT's: the RL prompts are
-    not the SFT problems replayed), one level at a time by the curriculum's weights or uniformly; or a file's rows
-    reshuffled each epoch. Which prompts come next is a function of the seed, the number drawn so far (`cursor`)
-    and the curriculum's state, all kept in checkpoints, so a resumed run draws the same prompts."""
-
-    def __init__(self, cfg: GRPOConfig):
-        self.seed = cfg.seed
-        self.task = None
-        self.rows: list[dict[str, Any]] = []
-        self.cursor = 0  # prompts drawn so far
-        self._drawn: dict[int, int] = {}  # examples taken from each level's stream (task prompts)
-        self.curriculum: LevelCurriculum | None = None
-        if cfg.task:
-            from .. import tasks
-            self.task = tasks.get(cfg.task)
-            self.levels = cfg.level_list() or list(range(1, self.task.num_levels + 1))
-            self._streams = {lv: self.task.iter_examples(split="train", level=lv, seed=f"grpo-{cfg.seed}")
-                             for lv in self.levels}
-            self._drawn = {lv: 0 for lv in self.levels}
-            if cfg.curriculum:
-                self.curriculum = LevelCurriculum(self.levels, cfg.num_generations)
-        else:
-            self.rows = load_rows(cfg.data)
-
-    def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        if isinstance(row.get("messages"), list):
-            return row["messages"]
-        return [{"role": "user", "content": row["prompt"]}]
-
-    def draw(self, n: int) -> list[dict[str, Any]]:
-        """The next n prompts."""
-        out = []
-        rng = random.Random(f"grpo-prompts-{self.seed}-{self.cursor}")
-        for _ in range(n):
-            if self.task is not None:
-                weights = self.curriculum.weights() if self.curriculum else None
-                lv = rng.choices(self.levels, weights=weights)[0]
-                self._drawn[lv] += 1
-                out.append(next(self._streams[lv]))
-            else:
-                epoch, i = divmod(self.cursor + len(out), len(self.rows))
-                order = list(range(len(self.rows)))
-                random.Random(f"{self.seed}-{epoch}").shuffle(order)
-                out.append(self.rows[order[i]])
-        self.cursor += n
-        return out
-
-    def peek(self) -> list[dict[str, Any]]:
-        """A few prompts to check the rewards' fields against, without drawing."""
-        if self.rows:
-            return self.rows
-        return [self.task.examples(1, split="train", level=lv)[0] for lv in self.levels]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"cursor": self.cursor, "drawn": {str(k): v for k, v in self._drawn.items()},
-                "curriculum": self.curriculum.state_dict() if self.curriculum else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cursor = state["cursor"]
-        for lv, k in state.get("drawn", {}).items():  # fast-forward each level's stream
-            lv = int(lv)
-            for _ in range(k - self._drawn[lv]):
-                next(self._streams[lv])
-            self._drawn[lv] = k
-        if self.curriculum and state.get("curriculum"):
-            self.curriculum.load_state_dict(state["curriculum"])
-
-
-def render_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], str]:
-    """(prompt ids, pre-fill): the chat template's generation prompt, and the text of a think block it opens
-    (R1's `<think>\\n`) that belongs to the assistant's answer."""
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except ValueError as e:
-        raise ValueError(f"grpo: {e}; the model directory needs a tokenizer_config.json with a chat_template "
-                         f"(nanoseek's tokenizers get the DeepSeek-R1 one)") from None
-    tail = text.rstrip()
-    prefill = text[tail.rfind("<think>"):] if tail.endswith("<think>") else ""
-    return tokenizer.encode(text, add_special_tokens=False), prefill
-
-
-# ------------------------------------------------------------------------------------------------ rollouts
-@dataclass
-class Rollout:
-    token_ids: list[int]
-    truncated: bool  # stopped by max_tokens, not by EOS
-
-
-class EngineSampler:
-    """G completions per prompt from nanoseek's inference engine, bound to the live model (the weights the
-    optimizer just updated; nothing is copied or reloaded)."""
-
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_model_len: int, max_num_seqs: int):
-        from ..infer import LLM
-        self.llm = LLM(model, tokenizer=tokenizer, max_model_len=max_model_len, max_num_seqs=max_num_seqs)
-
-    def __call__(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float,
-                 top_k: int, seeds: list[int]) -> list[list[Rollout]]:
-        from ..infer import SamplingParams
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                                 seed=s) for s in seeds]
-        outs = self.llm.generate(prompts, params)
-        return [[Rollout(list(c.token_ids), c.finish_reason == "length") for c in o.outputs] for o in outs]
-
-
-# ------------------------------------------------------------------------------------------------ rewards
-class Rewards:
-    """The configured reward functions, their weights, and safe calls (an exception scores None, counted)."""
-
-    def __init__(self, specs: Sequence[str], weights: Sequence[float] | None, log: Callable[[str], None]):
-        self.names = [s.split("(")[0].split(":")[-1] for s in specs]
-        self.fns = [resolve_reward(s) for s in specs]
-        self.weights = list(weights) if weights else [1.0] * len(self.fns)
-        if len(self.weights) != len(self.fns):
-            raise ValueError(f"reward_weights: {len(self.weights)} weights for {len(self.fns)} reward functions")
-        self.log = log
-        self.errors = [0] * len(self.fns)
-
-    def check(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Every row has the fields every reward needs (an error naming the first row that does not)."""
-        for name, fn in zip(self.names, self.fns):
-            need = required_fields(fn)
-            for i, row in enumerate(rows):
-                missing = [f for f in need if f not in row]
-                if missing:
-                    raise ValueError(f"prompt row {i} (id {row.get('id', '?')}): reward {name!r} needs field(s) "
-                                     f"{', '.join(missing)}, which the row lacks")
-
-    def score(self, completion: str, row: dict[str, Any], length: int) -> list[float | None]:
-        fields = {k: v for k, v in row.items() if k != "completion"}
-        fields.setdefault("completion_length", length)
-        out: list[float | None] = []
-        for j, fn in enumerate(self.fns):
-            try:
-                v = fn(completion, **fields)
-                out.append(None if v is None else float(v))
-            except Exception as e:  # a broken reward must not stop the run: skip, count, say so once
-                if self.errors[j] == 0:
-                    self.log(f"grpo: reward {self.names[j]!r} raised {type(e).__name__}: {e} (scored as None; "
-                             f"further errors are only counted in reward_errors)")
-                self.errors[j] += 1
-                out.append(None)
-        return out
+from .rollouts import EngineSampler, Prompts, Rewards, Rollout, render_prompt
+from .trainer import autocast_dtype
 
 
 # ------------------------------------------------------------------------------------------------ log-probabilities
@@ -265,18 +65,21 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad: int) -> tu
 
 
 # ------------------------------------------------------------------------------------------------ the trainer
-class GRPOTrainer:
+class GRPOTrainer(TrainingLoop):
+    cfg: GRPOConfig
+    label = "grpo"
+
     def __init__(self, cfg: GRPOConfig, model: torch.nn.Module | None = None, tokenizer: Any = None,
                  sampler: Callable[..., list[list[Rollout]]] | None = None, log: Callable[[str], None] = print):
         from ..checkpoint import load_pretrained
         from ..tokenizer import Tokenizer
         cfg.validate()
-        self.cfg, self.log = cfg, log
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = distributed.pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.model = (model if model is not None else load_pretrained(cfg.model, dtype=torch.float32)).to(self.device)
+        model = model if model is not None else load_pretrained(cfg.model, dtype=torch.float32)
+        super().__init__(cfg, model.to(self.device), log)
         self.tokenizer = tokenizer if tokenizer is not None else Tokenizer.from_pretrained(cfg.model)
         self.ref = None
         if cfg.beta != 0:  # frozen reference: the starting policy
@@ -300,9 +103,8 @@ class GRPOTrainer:
             sampler = EngineSampler(self.model, self.tokenizer, max_len,
                                     min(cfg.num_prompts * cfg.num_generations, 512))
         self.sampler = sampler
-        self.step = 0
-        self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-        self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
+        self._summary: dict[str, Any] = {}
+        self._rewards: list[float | None] = []
 
     # ------------------------------------------------------------------ rollouts and scoring
     def rollout(self, rows: list[dict[str, Any]], seed_base: int, greedy: bool = False, n: int | None = None
@@ -512,81 +314,47 @@ class GRPOTrainer:
                                for k, v in self.prompts.curriculum.acc.items()}
         return m
 
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> str:
-        return state.save(self.ckpt_dir, self.step, {"model": self.model.state_dict(),
-                                                     "optimizer": self.optimizer.state_dict(),
-                                                     "prompts": self.prompts.state_dict(),
-                                                     "config": self.cfg.to_dict()}, self.cfg.keep_checkpoints)
+    # ------------------------------------------------------------------ the loop's hooks
+    def run_step(self) -> dict[str, Any]:
+        return self.train_step()
 
-    def resume(self) -> bool:
-        ckpt = state.load_latest(self.ckpt_dir, self.log)
-        if ckpt is None:
-            return False
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "prompts": self.prompts.state_dict(), "config": self.cfg.to_dict()}
+
+    def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if "prompts" in ckpt:
             self.prompts.load_state_dict(ckpt["prompts"])
-        state.set_rng_state(ckpt["rng"])
-        self.step = ckpt["step"]
-        state.truncate_log(self.metrics_path, self.step)
-        self.log(f"resumed from {ckpt['_path']} at step {self.step}")
-        return True
 
-    def _write(self, path: str, row: dict[str, Any]) -> None:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    def evaluation(self) -> dict[str, Any]:
+        return self.eval_metrics() if self.cfg.eval_prompts > 0 else {}
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        cfg = self.cfg
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        if cfg.resume:
-            self.resume()
-        elif os.path.exists(self.metrics_path):
-            os.remove(self.metrics_path)
-        self.model.train()
-        summary: dict[str, Any] = {}
-        if self.step == 0 and cfg.eval_prompts > 0:
+    def begin(self) -> None:
+        """A fresh run measures the held-out accuracy it starts from (the row of step 0)."""
+        self._summary, self._rewards = {}, []
+        if self.step == 0 and self.cfg.eval_prompts > 0:
             ev = self.eval_metrics()
-            summary["eval_accuracy_start"] = ev.get("eval_accuracy")
+            self._summary["eval_accuracy_start"] = ev.get("eval_accuracy")
             if ev:
-                self._write(self.metrics_path, {"step": 0, **ev})
-        bar = None
-        if cfg.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
-        done, rewards = 0, []
-        while self.step < cfg.max_steps and (stop_after is None or done < stop_after):
-            m = self.train_step()
-            done += 1
-            sample = m.pop("_sample")
-            if cfg.eval_prompts > 0 and (self.step == cfg.max_steps or
-                                         (cfg.eval_every and self.step % cfg.eval_every == 0)):
-                m.update(self.eval_metrics())
-            self._write(self.metrics_path, m)
-            if self.step % cfg.log_every == 0 and sample is not None:
-                self._write(os.path.join(cfg.run_dir, "samples.jsonl"), {"step": self.step, **sample})
-            rewards.append(m["reward"])
-            if bar is not None:
-                post = {"reward": f"{m['reward']:.3f}" if m["reward"] is not None else "-"}
-                if "accuracy" in m:
-                    post["acc"] = f"{m['accuracy']:.2f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
-                self.save_checkpoint()
-            summary["eval_accuracy"] = m.get("eval_accuracy", summary.get("eval_accuracy"))
-        if bar is not None:
-            bar.close()
-        summary.update(step=self.step, rewards=rewards)
-        return summary
+                self.write_row({"step": 0, **ev})
 
-    def export(self, out_dir: str | None = None) -> str:
-        from ..checkpoint import save_pretrained
-        out = out_dir or os.path.join(self.cfg.run_dir, "model")
-        save_pretrained(self.model, out, tokenizer=self.tokenizer)
-        return out
+    def after_step(self, row: dict[str, Any]) -> None:
+        sample = row.pop("_sample")
+        if self.step % self.cfg.log_every == 0 and sample is not None:
+            self.write_row({"step": self.step, **sample}, os.path.join(self.cfg.run_dir, "samples.jsonl"))
+        self._rewards.append(row["reward"])
+        self._summary["eval_accuracy"] = row.get("eval_accuracy", self._summary.get("eval_accuracy"))
+
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        post = {"reward": f"{row['reward']:.3f}" if row["reward"] is not None else "-"}
+        if "accuracy" in row:
+            post["acc"] = f"{row['accuracy']:.2f}"
+        return post
+
+    def summary(self) -> dict[str, Any]:
+        return {**self._summary, "step": self.step, "rewards": self._rewards}
 
 
 def run(cfg: GRPOConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -603,6 +371,6 @@ def run(cfg: GRPOConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"held-out pass@1 (greedy, {cfg.eval_prompts} test prompts): {summary['eval_accuracy_start']:.3f} -> "
             f"{summary['eval_accuracy']:.3f}")
     if cfg.export:
-        summary["model_dir"] = trainer.export()
+        summary["model_dir"] = trainer.export(tokenizer=trainer.tokenizer)
         log(f"model exported to {summary['model_dir']}")
     return summary

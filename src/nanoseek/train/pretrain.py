@@ -1,4 +1,8 @@
-"""`nanoseek train`: pretraining from scratch, from a config file and overrides, on one process or under torchrun."""
+"""`nanoseek train`: pretraining from scratch, from a config file and overrides, on one process or under torchrun.
+
+`launch` is the run both pretraining and SFT are: set up the processes, record the settings, build the data and
+the trainer, fit, export the final model with its tokenizer.
+"""
 from __future__ import annotations
 
 import json
@@ -9,22 +13,17 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data import copy_tokenizer, pretraining_data
-from .trainer import Trainer
+from .data import pretraining_data
+from .trainer import Data, Trainer
 
 
-def export(trainer: Trainer, tokenizer_dir: str | None, out_dir: str) -> str:
-    """The final model in the Hugging Face layout (loads in transformers and vLLM), with its tokenizer. An FP8-trained
-    model is written in the official FP8 layout (e4m3 weights + weight_scale_inv per 128x128 block)."""
-    from ..checkpoint import save_pretrained
-    save_pretrained(trainer.model, out_dir, fp8=trainer.cfg.fp8)
-    copy_tokenizer(tokenizer_dir, out_dir)
-    return out_dir
-
-
-def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from ..config import ModelConfig
-    ModelConfig.from_name_or_path(cfg.model)  # fail fast on a bad model name, before preparing any data
+def launch(cfg: TrainConfig, make_data: Callable[[distributed.DistEnv], Data],
+           describe: Callable[[Trainer], str], log: Callable[[str], None] = print,
+           make_model: Callable[[Data], torch.nn.Module | None] = lambda data: None,
+           record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `cfg` on `make_data(env)`'s batches, from `make_model(data)` (None: a fresh model of cfg.model), and
+    export the result to run_dir/model. `describe(trainer)` is the line logged before the first step; `record`
+    extra keys of run_dir/train_config.json."""
     env = distributed.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -32,16 +31,11 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         if env.is_main:
             os.makedirs(cfg.run_dir, exist_ok=True)
             with open(os.path.join(cfg.run_dir, "train_config.json"), "w", encoding="utf-8") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
-        data = pretraining_data(cfg, env, cfg.global_batch(env.world_size))
-        trainer = Trainer(cfg, data, env, log=log if env.is_main else (lambda s: None))
+                json.dump({**cfg.to_dict(), **(record or {})}, f, indent=2)
+        data = make_data(env)
+        trainer = Trainer(cfg, data, env, model=make_model(data), log=log if env.is_main else (lambda s: None))
         if env.is_main:
-            n = sum(p.numel() for p in trainer.model.parameters())
-            baseline = "".join(f" ({name} baseline)" for name, on in (("dense", cfg.dense),
-                                                                       ("MHA", cfg.attention == "mha")) if on)
-            log(f"model {cfg.model}{baseline}: {n:,} parameters; "
-                f"data {data.info.get('data_dir')}: {data.info.get('train_tokens', 0):,} train tokens; "
-                f"{env.world_size} process(es) on {env.device}, global batch {trainer.global_batch} x {cfg.seq_len}")
+            log(describe(trainer))
         summary = trainer.fit()
         if trainer.ep is not None:  # whole experts back in every rank's model for the export (collective)
             trainer.ep.unshard()
@@ -49,7 +43,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             log("not exported: the MHA baseline has no Hugging Face DeepSeek format (its checkpoints are in "
                 f"{trainer.ckpt_dir})")
         elif cfg.export and env.is_main:
-            summary["model_dir"] = export(trainer, data.tokenizer_dir, os.path.join(cfg.run_dir, "model"))
+            summary["model_dir"] = trainer.export(tokenizer=data.tokenizer_dir)
         distributed.barrier(env)
         if env.is_main:
             log(f"validation loss {summary['val_loss']:.4f} nats/token vs unigram entropy of the data "
@@ -59,3 +53,19 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         return summary
     finally:
         distributed.teardown(env)
+
+
+def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from ..config import ModelConfig
+    ModelConfig.from_name_or_path(cfg.model)  # fail fast on a bad model name, before preparing any data
+
+    def describe(trainer: Trainer) -> str:
+        n = sum(p.numel() for p in trainer.model.parameters())
+        baseline = "".join(f" ({name} baseline)" for name, on in (("dense", cfg.dense),
+                                                                   ("MHA", cfg.attention == "mha")) if on)
+        info = trainer.data.info
+        return (f"model {cfg.model}{baseline}: {n:,} parameters; data {info.get('data_dir')}: "
+                f"{info.get('train_tokens', 0):,} train tokens; {trainer.env.world_size} process(es) on "
+                f"{trainer.env.device}, global batch {trainer.global_batch} x {cfg.seq_len}")
+
+    return launch(cfg, lambda env: pretraining_data(cfg, env, cfg.global_batch(env.world_size)), describe, log)

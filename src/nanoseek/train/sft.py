@@ -28,24 +28,17 @@ import torch
 from ..data import CORPORA, DataError, TokenDataset, iter_packed, prepare, read_manifest
 from ..data.prepare import atomic_write
 from . import distributed
-from .config import TrainConfig
+from .config import SFTConfig
 from .data import unigram_entropy
+from .pretrain import launch
 from .trainer import Batch, Data, Trainer
-
-# Fine-tuning settings that differ from pretraining's defaults (a config file and --key value override them).
-SFT_DEFAULTS: dict[str, Any] = {
-    "data": "", "run_dir": "runs/sft", "max_steps": 200, "lr": 3e-4, "schedule": "cosine", "warmup_steps": 10,
-    "min_lr_ratio": 0.1, "weight_decay": 0.0, "batch_size": 8, "seq_len": 512, "eval_every": 50, "ckpt_every": 50,
-    "log_every": 10, "eval_batches": 4,
-}
-
 
 def has_weights(path: str) -> bool:
     p = Path(path)
     return p.is_dir() and (any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").exists())
 
 
-def tokenizer_dir(cfg: TrainConfig) -> str:
+def tokenizer_dir(cfg: SFTConfig) -> str:
     """The tokenizer SFT renders chats with: --tokenizer, else the model directory's own."""
     for d in (cfg.tokenizer, cfg.model):
         if d and os.path.isfile(os.path.join(d, "tokenizer.json")):
@@ -83,19 +76,17 @@ def task_sft_rows(task: str, n: int, levels: Sequence[int] | None = None, seed: 
     return rows
 
 
-def resolve_inputs(cfg: TrainConfig, task: str | None, task_examples: int, task_levels: Sequence[int] | None,
-                   write: bool = True, task_shortcuts: float = 0.0) -> tuple[list[str] | str, str]:
+def resolve_inputs(cfg: SFTConfig, write: bool = True) -> tuple[list[str] | str, str]:
     """(what to prepare: jsonl files or an already prepared directory, its name in run_dir/data). A task's file is
     written when `write` (the main process) and missing."""
-    if task:
-        if cfg.data:
-            raise ValueError("sft: give --data or --task, not both")
-        spec = json.dumps([task, task_examples, list(task_levels or []), cfg.seed]
-                          + ([task_shortcuts] if task_shortcuts else []))  # (names of earlier runs' data kept)
-        name = f"task-{task}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"  # other settings, other data
+    if cfg.task:
+        levels = cfg.level_list()
+        spec = json.dumps([cfg.task, cfg.task_examples, list(levels or []), cfg.seed]
+                          + ([cfg.task_shortcuts] if cfg.task_shortcuts else []))  # (names of earlier runs' data kept)
+        name = f"task-{cfg.task}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"  # other settings, other data
         path = os.path.join(cfg.run_dir, "data", f"{name}.jsonl")
         if write and not os.path.exists(path):
-            write_jsonl(path, task_sft_rows(task, task_examples, task_levels, cfg.seed, task_shortcuts))
+            write_jsonl(path, task_sft_rows(cfg.task, cfg.task_examples, levels, cfg.seed, cfg.task_shortcuts))
         return [path], name
     if not cfg.data or cfg.data in CORPORA:
         raise ValueError("sft needs --data FILE.jsonl (chat `messages`), a prepared data directory, or "
@@ -109,12 +100,9 @@ def resolve_inputs(cfg: TrainConfig, task: str | None, task_examples: int, task_
     return files, Path(files[0]).stem
 
 
-def sft_data(cfg: TrainConfig, env: distributed.DistEnv, global_batch: int, task: str | None = None,
-             task_examples: int = 2000, task_levels: Sequence[int] | None = None,
-             log: Callable[[str], None] = print, task_shortcuts: float = 0.0) -> Data:
+def sft_data(cfg: SFTConfig, env: distributed.DistEnv, global_batch: int) -> Data:
     tok_dir = tokenizer_dir(cfg)
-    inputs, name = resolve_inputs(cfg, task, task_examples, task_levels, write=env.is_main,
-                                  task_shortcuts=task_shortcuts)
+    inputs, name = resolve_inputs(cfg, write=env.is_main)
     if isinstance(inputs, str):
         data_dir = inputs
         read_manifest(data_dir)
@@ -155,7 +143,7 @@ def sft_data(cfg: TrainConfig, env: distributed.DistEnv, global_batch: int, task
                 {"data_dir": data_dir, "train_tokens": train.num_tokens, "conversations": train.num_documents})
 
 
-def load_model(cfg: TrainConfig) -> torch.nn.Module | None:
+def load_model(cfg: SFTConfig, data: Data) -> torch.nn.Module | None:
     """The model directory's weights (fine-tuning), or None for a preset / config-only directory (from scratch)."""
     if not has_weights(cfg.model):
         return None
@@ -163,40 +151,19 @@ def load_model(cfg: TrainConfig) -> torch.nn.Module | None:
         raise ValueError(f"sft: --model.<field> and --dense change the architecture; they cannot apply to the "
                          f"pretrained weights in {cfg.model}")
     from ..checkpoint import load_pretrained
-    return load_pretrained(cfg.model, dtype=torch.float32).train()
+    model = load_pretrained(cfg.model, dtype=torch.float32).train()
+    if data.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {data.vocab_size} tokens but the model {cfg.model} has "
+                         f"vocab_size {model.config.vocab_size}")
+    return model
 
 
-def run(cfg: TrainConfig, task: str | None = None, task_examples: int = 2000,
-        task_levels: Sequence[int] | None = None, log: Callable[[str], None] = print,
-        task_shortcuts: float = 0.0) -> dict[str, Any]:
-    from .pretrain import export
-    if cfg.attention != "mla":
-        raise ValueError("sft: --attention mha is a pretraining ablation baseline; SFT trains and exports "
-                         "DeepSeek (MLA) models")
-    env = distributed.setup(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        if env.is_main:
-            os.makedirs(cfg.run_dir, exist_ok=True)
-            with open(os.path.join(cfg.run_dir, "train_config.json"), "w", encoding="utf-8") as f:
-                json.dump({**cfg.to_dict(), "stage": "sft", "task": task}, f, indent=2)
-        data = sft_data(cfg, env, cfg.global_batch(env.world_size), task, task_examples, task_levels, log,
-                        task_shortcuts)
-        model = load_model(cfg)
-        if model is not None and data.vocab_size > model.config.vocab_size:
-            raise ValueError(f"the tokenizer has {data.vocab_size} tokens but the model {cfg.model} has "
-                             f"vocab_size {model.config.vocab_size}")
-        trainer = Trainer(cfg, data, env, model=model, log=log if env.is_main else (lambda s: None))
-        if env.is_main:
-            start = f"fine-tuning {cfg.model}" if model is not None else f"training {cfg.model} from scratch"
-            log(f"sft: {start}; {data.info['conversations']:,} conversations, {data.info['train_tokens']:,} "
-                f"tokens in {data.info['data_dir']}; global batch {trainer.global_batch} x {cfg.seq_len}")
-        summary = trainer.fit()
-        if cfg.export and env.is_main:
-            summary["model_dir"] = export(trainer, data.tokenizer_dir, os.path.join(cfg.run_dir, "model"))
-            log(f"validation loss {summary['val_loss']:.4f}; model exported to {summary['model_dir']}")
-        distributed.barrier(env)
-        return summary
-    finally:
-        distributed.teardown(env)
+def run(cfg: SFTConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    def describe(trainer: Trainer) -> str:
+        info = trainer.data.info
+        start = f"training {cfg.model} from scratch" if not has_weights(cfg.model) else f"fine-tuning {cfg.model}"
+        return (f"sft: {start}; {info['conversations']:,} conversations, {info['train_tokens']:,} tokens in "
+                f"{info['data_dir']}; global batch {trainer.global_batch} x {cfg.seq_len}")
+
+    return launch(cfg, lambda env: sft_data(cfg, env, cfg.global_batch(env.world_size)), describe, log,
+                  make_model=lambda data: load_model(cfg, data), record={"stage": "sft"})

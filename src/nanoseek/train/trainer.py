@@ -1,4 +1,4 @@
-"""The training loop shared by pretraining and SFT.
+"""The language-model trainer of pretraining and SFT (on the loop skeleton of `loop.py`).
 
 One optimizer step = gradient accumulation over micro-batches until the global batch is reached (across all
 processes), clipping, AdamW, then the auxiliary-loss-free bias update. Checkpoints are atomic and resumable exactly.
@@ -6,9 +6,7 @@ processes), clipping, AdamW, then the auxiliary-loss-free bias update. Checkpoin
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -19,17 +17,16 @@ from torch import nn
 from ..config import ModelConfig
 from ..memory import check_memory
 from ..model import Transformer
-from . import distributed, state
+from . import distributed
 from .balance import LoadBalancer
 from .config import TrainConfig
+from .loop import TrainingError, TrainingLoop
 from .loss import TrainingObjective
 from .optim import build_optimizer, lr_at
 from .perf import matmul_peak_flops
+from .settings import RunConfig
 
-
-class TrainingError(RuntimeError):
-    """A run that cannot continue (NaN loss...): reported in one line, the last good checkpoint kept."""
-
+__all__ = ["Batch", "Data", "Trainer", "TrainingError", "autocast_dtype", "dense_baseline"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -73,7 +70,7 @@ def build_model_config(cfg: TrainConfig, vocab_size: int | None) -> ModelConfig:
     return mcfg
 
 
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
     if cfg.dtype == "bfloat16":
         return torch.bfloat16
     if cfg.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -81,10 +78,12 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return None
 
 
-class Trainer:
+class Trainer(TrainingLoop):
+    cfg: TrainConfig
+
     def __init__(self, cfg: TrainConfig, data: Data, env: distributed.DistEnv,
                  model: Transformer | None = None, log: Callable[[str], None] = print):
-        self.cfg, self.data, self.env, self.log = cfg, data, env, log
+        self.data, self.env = data, env
         torch.manual_seed(cfg.seed)
         if model is None:
             mcfg = build_model_config(cfg, data.vocab_size)
@@ -96,7 +95,7 @@ class Trainer:
             if cfg.attention == "mha":
                 from ..model.mha import use_mha
                 use_mha(model)
-        self.model = model.to(env.device)
+        super().__init__(cfg, model.to(env.device), log, env.is_main)
         self.mcfg = model.config
         self.ep = None  # expert parallelism: each rank keeps a shard of every MoE's routed experts
         if cfg.expert_parallel > 1:
@@ -116,16 +115,16 @@ class Trainer:
         self.amp = autocast_dtype(cfg, env.device)
         self.global_batch = cfg.global_batch(env.world_size)
         self.accum = self.global_batch // (cfg.batch_size * env.world_size)
-        self.step = 0
-        self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-        self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
         from ..info import train_flops_per_token
         mtp_depth = len(self.model.mtp) if cfg.mtp_lambda > 0 else 0
         self.flops_per_token = train_flops_per_token(self.mcfg, cfg.seq_len, mtp_depth, cfg.attention)
         self.peak = matmul_peak_flops(env.device, self.amp or torch.float32) * env.world_size
+        self.val_loss: float | None = None
+        self._batches: Iterator[Batch] = iter(())
+        self._timer = (time.perf_counter(), 0)  # (when throughput was last measured, steps since)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd, optim_sd = get_state_dict(self.objective, self.optimizer, options=opts)
@@ -134,29 +133,15 @@ class Trainer:
         return {"model": model_sd, "optimizer": optim_sd, "config": self.cfg.to_dict(),
                 "model_config": self.mcfg.to_dict()}
 
-    def save_checkpoint(self) -> str | None:
-        sd = self._state()  # collective under FSDP: every rank takes part
-        path = None
-        if self.env.is_main:
-            path = state.save(self.ckpt_dir, self.step, sd, self.cfg.keep_checkpoints)
-        distributed.barrier(self.env)
-        return path
-
-    def resume(self) -> bool:
-        ckpt = state.load_latest(self.ckpt_dir, self.log)
-        if ckpt is None:
-            return False
+    def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
         if self.ep is not None:
             self.ep.shard_state(ckpt["model"], ckpt["optimizer"])
         set_state_dict(self.objective, self.optimizer, model_state_dict=ckpt["model"],
                        optim_state_dict=ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
-        state.set_rng_state(ckpt["rng"])
-        self.step = ckpt["step"]
-        if self.env.is_main:
-            state.truncate_log(self.metrics_path, self.step)
-        self.log(f"resumed from {ckpt['_path']} at step {self.step}")
-        return True
+
+    def barrier(self) -> None:
+        distributed.barrier(self.env)
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
@@ -227,56 +212,41 @@ class Trainer:
         self.objective.train()
         return total / max(n, 1)
 
-    # ------------------------------------------------------------------ the loop
-    def _write_metrics(self, row: dict[str, Any]) -> None:
-        if self.env.is_main:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train to max_steps (or stop after `stop_after` steps in this call, for tests of interruption)."""
-        cfg, env = self.cfg, self.env
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        if cfg.resume:
-            self.resume()
-        elif env.is_main and os.path.exists(self.metrics_path):
-            os.remove(self.metrics_path)  # a fresh run starts a fresh log
+    # ------------------------------------------------------------------ the loop's hooks
+    def begin(self) -> None:
         self.objective.train()
-        tokens_per_step = self.global_batch * cfg.seq_len
-        bar = None
-        if env.is_main and cfg.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
-        val_loss = None
-        done = 0
-        t_last, steps_since = time.perf_counter(), 0
-        batches = self.data.train_batches(self.step)
-        while self.step < cfg.max_steps and (stop_after is None or done < stop_after):
-            m = self.train_step(next(batches))
-            done += 1
-            steps_since += 1
-            row: dict[str, Any] = {"step": self.step, **m}
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                dt = time.perf_counter() - t_last
-                tps = tokens_per_step * steps_since / dt
-                row.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak)
-                t_last, steps_since = time.perf_counter(), 0
-            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                val_loss = self.evaluate()
-                row["val_loss"] = val_loss
-            self._write_metrics(row)
-            if bar is not None:
-                post = {"loss": f"{m['loss']:.3f}"}
-                if "tokens_per_s" in row:
-                    post.update(tok_s=f"{row['tokens_per_s']:.0f}", mfu=f"{100 * row['mfu']:.1f}%")
-                if val_loss is not None:
-                    post["val"] = f"{val_loss:.3f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
-        if val_loss is None and self.step > 0:  # resumed at the end (e.g. killed during export): measure it again
-            val_loss = self.evaluate()
-        return {"step": self.step, "val_loss": val_loss, "unigram_entropy": self.data.unigram_entropy}
+        self.val_loss = None
+        self._batches = self.data.train_batches(self.step)
+        self._timer = (time.perf_counter(), 0)
+
+    def run_step(self) -> dict[str, Any]:
+        m = self.train_step(next(self._batches))
+        row: dict[str, Any] = {"step": self.step, **m}
+        t_last, steps = self._timer[0], self._timer[1] + 1
+        if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
+            tps = self.global_batch * self.cfg.seq_len * steps / (time.perf_counter() - t_last)
+            row.update(tokens_per_s=tps, mfu=tps * self.flops_per_token / self.peak)
+            t_last, steps = time.perf_counter(), 0
+        self._timer = (t_last, steps)
+        return row
+
+    def evaluation(self) -> dict[str, Any]:
+        self.val_loss = self.evaluate()
+        return {"val_loss": self.val_loss}
+
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        post = {"loss": f"{row['loss']:.3f}"}
+        if "tokens_per_s" in row:
+            post.update(tok_s=f"{row['tokens_per_s']:.0f}", mfu=f"{100 * row['mfu']:.1f}%")
+        if self.val_loss is not None:
+            post["val"] = f"{self.val_loss:.3f}"
+        return post
+
+    def export(self, out_dir: str | None = None, tokenizer: Any = None, fp8: bool | None = None) -> str:
+        """An FP8-trained model is exported in the official FP8 layout (e4m3 weights + weight_scale_inv)."""
+        return super().export(out_dir, tokenizer, self.cfg.fp8 if fp8 is None else fp8)
+
+    def summary(self) -> dict[str, Any]:
+        if self.val_loss is None and self.step > 0:  # resumed at the end (e.g. killed during export): measure again
+            self.val_loss = self.evaluate()
+        return {"step": self.step, "val_loss": self.val_loss, "unigram_entropy": self.data.unigram_entropy}
