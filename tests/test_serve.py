@@ -260,7 +260,7 @@ def _nested(depth: int) -> list:
 
 
 def test_json_depth_is_measured_without_recursion():
-    from nanoseek.serve.app import json_depth
+    from nanoseek.serve.body import json_depth
     assert json_depth(3) == 0 and json_depth([]) == 1 and json_depth({"a": [1, {"b": []}]}) == 4
     assert json_depth(_nested(100_000)) == 100_000  # far past Python's recursion limit
 
@@ -558,12 +558,12 @@ def test_openapi_spec_and_a_bounded_fuzz_find_no_server_error(base, client):
 
 
 def test_allowed_origins_and_hosts_are_configurable():
-    from nanoseek.serve.app import _BrowserGuard
-    guard = _BrowserGuard(None, ("http://localhost:3000",), ("my.box",))
+    from nanoseek.serve.middleware import BrowserGuard
+    guard = BrowserGuard(None, ("http://localhost:3000",), ("my.box",))
     assert guard._host_ok("my.box:8000") and guard._host_ok("127.0.0.1:8000") and guard._host_ok("[::1]:8000")
     assert guard._host_ok("localhost") and not guard._host_ok("other.box")
     assert "http://localhost:3000" in guard.origins
-    assert _BrowserGuard(None, (), ("*",))._host_ok("anything.example")
+    assert BrowserGuard(None, (), ("*",))._host_ok("anything.example")
 
 
 def test_an_engine_failure_is_a_500_in_openai_shape_and_the_server_recovers(base, client, app, monkeypatch):

@@ -1,6 +1,7 @@
 """Split a reasoning model's output into `reasoning_content` and `content`, whole or streamed.
 
-The rules follow DeepSeek's API and vLLM's `deepseek_r1` parser (../shared/reference/serving.md, 2.7):
+The rules follow DeepSeek's API (https://api-docs.deepseek.com/guides/reasoning_model) and vLLM's `deepseek_r1`
+reasoning parser (vllm/reasoning/deepseek_r1_reasoning_parser.py in github.com/vllm-project/vllm):
 - R1's chat template pre-fills `<think>\\n` in the prompt, so the output usually starts *inside* the reasoning
   and has no opening tag; an opening `<think>` (older templates, or the model repeating it) is dropped together
   with any whitespace before it.

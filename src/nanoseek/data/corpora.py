@@ -171,22 +171,27 @@ def _messages(value: Any, where: str) -> list[Message]:
     return value
 
 
-def jsonl_rows(p: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(`file:line`, object) for each non-blank line of a `.jsonl` or `.jsonl.gz` file; a line that is not a JSON
-    object is a DataError naming the file and line."""
+def jsonl_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a `.jsonl` or `.jsonl.gz` file, read lazily (a line is
+    parsed when it is reached); a line that is not a JSON object is a DataError naming the file and line."""
     opener = gzip.open if p.name.endswith(".gz") else open
     with opener(p, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{p}:{n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{p}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+                raise DataError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
+
+
+def jsonl_rows(p: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`file:line`, object) for each non-blank line, as `jsonl_objects`."""
+    for n, row in jsonl_objects(p):
+        yield f"{p}:{n}", row
 
 
 def _jsonl(p: Path) -> Iterator[Document]:

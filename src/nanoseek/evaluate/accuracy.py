@@ -15,7 +15,7 @@ newline, the layout of the built-in tasks' pretraining documents.
 """
 from __future__ import annotations
 
-import json
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -116,29 +116,20 @@ def _field(row: dict[str, Any], wanted: str | None, candidates: Sequence[str], w
 def qa_problems(path: str | Path, limit: int | None = None, question_field: str | None = None,
                 answer_field: str | None = None) -> list[Problem]:
     """Problems of a jsonl file with a question (`question`/`prompt`/`problem`/`input`) and a gold answer
-    (`answer`/`final_answer`/`target`/`output`) per line, e.g. GSM8K's `{"question", "answer": "... #### 72"}`."""
+    (`answer`/`final_answer`/`target`/`output`) per line, e.g. GSM8K's `{"question", "answer": "... #### 72"}`.
+    Lines past the first `limit` problems are not read."""
+    from ..data.corpora import jsonl_objects  # here: the data package (tokenizing, shards) only for jsonl files
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     problems: list[Problem] = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if limit is not None and len(problems) >= limit:
-                break
-            where = f"{p}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            q = _field(row, question_field, QUESTION_FIELDS, "question", where)
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError(f"{where}: the question must be a non-empty string")
-            a = _field(row, answer_field, ANSWER_FIELDS, "answer", where)
-            problems.append(Problem(str(row.get("id", n)), q, a, row))
+    for n, row in itertools.islice(jsonl_objects(p), limit):
+        where = f"{p}:{n}"
+        q = _field(row, question_field, QUESTION_FIELDS, "question", where)
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"{where}: the question must be a non-empty string")
+        a = _field(row, answer_field, ANSWER_FIELDS, "answer", where)
+        problems.append(Problem(str(row.get("id", n)), q, a, row))
     if not problems:
         raise ValueError(f"{p}: no problems")
     return problems

@@ -13,6 +13,8 @@ Two paths compute the same function:
 - decompressed (training, prefill): materialise per-head K and V and call scaled_dot_product_attention;
 - absorbed (decoding over a latent cache): fold W_UK into the query, attend over the cached (c, k_pe) directly,
   apply W_UV after attention. Only kv_lora_rank + qk_rope_head_dim values per token are ever cached.
+
+`Attention`, MLA's base, holds the query path and SDPA that the MHA baseline (model/mha.py) shares with it.
 """
 from __future__ import annotations
 
@@ -40,26 +42,20 @@ class AttentionCache(Protocol):
         ...
 
 
-class MLA(nn.Module):
+class Attention(nn.Module):
+    """What MLA and the MHA baseline (model/mha.py) share: the head dims, the query path
+        q = W_qb · RMSNorm(W_qa · x)   (or W_q · x without q-LoRA),   [q_nope; q_pe] per head,  q_pe = rope(q_pe)
+    and SDPA over per-head K and V. Subclasses add their KV projections, then wo."""
+
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
         self.n_heads = cfg.num_attention_heads
         self.q_lora_rank = cfg.q_lora_rank
-        self.kv_lora_rank = cfg.kv_lora_rank
         self.qk_nope_head_dim = cfg.qk_nope_head_dim
         self.qk_rope_head_dim = cfg.qk_rope_head_dim
         self.v_head_dim = cfg.v_head_dim
         self.softmax_scale = cfg.softmax_scale
-        dim, bias, H = cfg.hidden_size, cfg.attention_bias, cfg.num_attention_heads
-        self._build_query(cfg)
-        self.wkv_a = nn.Linear(dim, self.kv_lora_rank + self.qk_rope_head_dim, bias=bias)
-        self.kv_norm = RMSNorm(self.kv_lora_rank, cfg.rms_norm_eps)
-        self.wkv_b = nn.Linear(self.kv_lora_rank, H * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
-        self.wo = nn.Linear(H * self.v_head_dim, dim, bias=bias)
-
-    def _build_query(self, cfg: ModelConfig) -> None:
-        """The query projections: wq, or with q-LoRA wq_a, q_norm, wq_b (shared with the MHA baseline)."""
         dim, H = cfg.hidden_size, cfg.num_attention_heads
         if self.q_lora_rank is None:
             self.wq = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
@@ -74,6 +70,29 @@ class MLA(nn.Module):
         q = q.unflatten(-1, (self.n_heads, -1))
         q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
         return q_nope, apply_rope(q_pe, cos[:, :, None], sin[:, :, None])
+
+    def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q·kᵀ · softmax_scale) · v over q, k (b,s,h,d_qk), v (b,s,h,d_v); mask (b,s,t), True = may attend,
+        None = causal. Returns (b,s,h,d_v)."""
+        # The fused (flash) SDPA kernels need V as wide as Q and K: zero-pad V, slice the output back.
+        pad = q.shape[-1] - self.v_head_dim
+        if pad > 0:
+            v = F.pad(v, (0, pad))
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=None if mask is None else mask[:, None], is_causal=mask is None, scale=self.softmax_scale)
+        return o.transpose(1, 2)[..., :self.v_head_dim]
+
+
+class MLA(Attention):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__(cfg, layer_id)
+        self.kv_lora_rank = cfg.kv_lora_rank
+        dim, bias, H = cfg.hidden_size, cfg.attention_bias, cfg.num_attention_heads
+        self.wkv_a = nn.Linear(dim, self.kv_lora_rank + self.qk_rope_head_dim, bias=bias)
+        self.kv_norm = RMSNorm(self.kv_lora_rank, cfg.rms_norm_eps)
+        self.wkv_b = nn.Linear(self.kv_lora_rank, H * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
+        self.wo = nn.Linear(H * self.v_head_dim, dim, bias=bias)
 
     def latent(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What the cache holds per token: the normalised latent c (b,s,c) and the rotated shared key k_pe (b,s,r)."""
@@ -99,14 +118,7 @@ class MLA(nn.Module):
         k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
-        # The fused (flash) SDPA kernels need V as wide as Q and K: zero-pad V, slice the output back.
-        pad = q.shape[-1] - self.v_head_dim
-        if pad > 0:
-            v = F.pad(v, (0, pad))
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=None if mask is None else mask[:, None], is_causal=mask is None, scale=self.softmax_scale)
-        return o.transpose(1, 2)[..., :self.v_head_dim]
+        return self.sdpa(q, k, v, mask)
 
     def absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor,
                  mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""Small building blocks shared by attention, MoE and the transformer: RMSNorm and the SwiGLU MLP."""
+"""Small building blocks shared by attention, MoE and the transformer: RMSNorm, the SwiGLU MLP, the
+training-from-scratch init, and `linear_cross_entropy` (the output head and the loss fused, chunk by chunk,
+so the (tokens, vocab) logits are never materialised)."""
 from __future__ import annotations
 
 import torch

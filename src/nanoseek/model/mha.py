@@ -5,37 +5,27 @@ The query path is MLA's (q-LoRA or a full projection, RoPE on the rope part), so
     MLA:  [c; k_pe] = W_kva · x,  [k_nope; v] = W_kvb · RMSNorm(c)   cache per token and layer: c + r values
     MHA:  [k_nope; k_pe] = W_k · x (per head),  v = W_v · x          cache per token and layer: H · (d_qk + d_v)
 
-with RoPE on each head's own k_pe. Swapped into a built Transformer by `use_mha` (the model code is unchanged).
+with RoPE on each head's own k_pe; the query path and SDPA are MLA's own (their shared base, `Attention` in
+model/attention.py). Swapped into a built Transformer by `use_mha` (the model code is unchanged).
 It is a training baseline only: it has no absorbed path, no cache, and no Hugging Face checkpoint format.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import MLA
+from .attention import MLA, Attention
 from .layers import init_parameters
 from .rope import apply_rope
 
 
-class MHA(nn.Module):
-    # MLA's query projections and computation (they read wq or wq_a/q_norm/wq_b, n_heads, the head dims)
-    _build_query = MLA._build_query
-    query = MLA.query
+class MHA(Attention):
+    """MLA's query path and SDPA (the `Attention` base), with per-head K and V projected from x."""
 
     def __init__(self, cfg: ModelConfig, layer_id: int):
-        super().__init__()
-        self.layer_id = layer_id
-        self.n_heads = cfg.num_attention_heads
-        self.q_lora_rank = cfg.q_lora_rank
-        self.qk_nope_head_dim = cfg.qk_nope_head_dim
-        self.qk_rope_head_dim = cfg.qk_rope_head_dim
-        self.v_head_dim = cfg.v_head_dim
-        self.softmax_scale = cfg.softmax_scale
+        super().__init__(cfg, layer_id)
         dim, bias, H = cfg.hidden_size, cfg.attention_bias, cfg.num_attention_heads
-        self._build_query(cfg)
         self.wk = nn.Linear(dim, H * cfg.qk_head_dim, bias=False)
         self.wv = nn.Linear(dim, H * self.v_head_dim, bias=False)
         self.wo = nn.Linear(H * self.v_head_dim, dim, bias=bias)
@@ -50,13 +40,7 @@ class MHA(nn.Module):
         k = torch.cat([k_nope, apply_rope(k_pe, cos[:, :, None], sin[:, :, None])], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         v = self.wv(x).unflatten(-1, (self.n_heads, -1))
-        pad = q.shape[-1] - self.v_head_dim  # as in MLA: V as wide as Q/K so SDPA takes its fused kernel
-        if pad > 0:
-            v = F.pad(v, (0, pad))
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=None if mask is None else mask[:, None], is_causal=mask is None, scale=self.softmax_scale)
-        return self.wo(o.transpose(1, 2)[..., :self.v_head_dim].flatten(2))
+        return self.wo(self.sdpa(q, k, v, mask).flatten(2))
 
 
 def mha_kv_params(cfg: ModelConfig) -> int:

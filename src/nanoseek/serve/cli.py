@@ -53,7 +53,8 @@ def run_serve(a: argparse.Namespace) -> int:
     import torch
 
     from ..infer.llm import LLM
-    from .app import ServeConfig, default_model_name, run_server
+    from .app import default_model_name, run_server
+    from .config import ServeConfig
     logging.basicConfig(level=a.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for name, v, lo in (("--port", a.port, 0), ("--max-num-seqs", a.max_num_seqs, 1), ("--max-queue", a.max_queue, 0),
                         ("--max-request-bytes", a.max_request_bytes, 1), ("--max-connections", a.max_connections, 1),

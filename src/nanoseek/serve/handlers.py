@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..infer.outputs import CompletionOutput, Logprob
+from starlette.responses import StreamingResponse
+
+from ..infer.outputs import CompletionOutput, Logprob, RequestOutput
 from ..reasoning import ReasoningParser, ReasoningStream
 from .protocol import error_body, finite, usage
 from .worker import EngineError, RequestHandle
@@ -174,7 +176,7 @@ def chat_response(job: Job, states: list[ChoiceState]) -> dict[str, Any]:
             "system_fingerprint": None, "choices": choices, "usage": _usage(job, states)}
 
 
-async def chat_stream(job: Job) -> AsyncIterator[str]:
+def chat_stream(job: Job) -> AsyncIterator[str]:
     states = [ChoiceState(job.parser.stream() if job.parser else None) for _ in range(job.n)]
     head = {"id": job.id, "object": "chat.completion.chunk", "created": job.created, "model": job.model,
             "system_fingerprint": None}
@@ -183,43 +185,30 @@ async def chat_stream(job: Job) -> AsyncIterator[str]:
     def chunk(choice: dict[str, Any]) -> str:
         return sse({**head, "choices": [choice], **extra})
 
-    try:
-        for i in range(job.n):
-            yield chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None})
-        while not job.handle.done:
-            outs = await job.handle.next_batch(job.keepalive_s)
-            if outs is None:
-                yield SSE_KEEPALIVE
-                continue
-            merged: dict[int, dict[str, Any]] = {}  # per choice, what these outputs add
-            for out in outs:
-                for c in out.outputs:
-                    m = merged.setdefault(c.index, {"reasoning_content": "", "content": "", "logprobs": [],
-                                                    "finish_reason": None})
-                    reasoning, content = states[c.index].feed(c)
-                    m["reasoning_content"] += reasoning
-                    m["content"] += content
-                    if job.num_logprobs is not None and c.logprobs:
-                        m["logprobs"] += chat_logprobs(c, job.num_logprobs, job.tokenizer)
-                    m["finish_reason"] = finish_reason(c.finish_reason)
-            events = []
-            for i in sorted(merged):
-                m = merged[i]
-                delta = {k: m[k] for k in ("reasoning_content", "content") if m[k]}
-                lp = {"content": m["logprobs"]} if m["logprobs"] else None
-                if delta or lp or m["finish_reason"]:
-                    events.append(chunk({"index": i, "delta": delta, "logprobs": lp,
-                                         "finish_reason": m["finish_reason"]}))
-            if events:
-                yield "".join(events)
-        if job.include_usage:
-            yield sse({**head, "choices": [], "usage": _usage(job, states)})
-        yield SSE_DONE
-    except EngineError as e:
-        yield sse(error_body(str(e), "server_error", None, "engine_error")) + SSE_DONE
-    finally:
-        job.handle.abort()  # a client that went away mid-stream frees its sequences at the next engine step
+    def events(outs: list[RequestOutput]) -> list[str]:
+        merged: dict[int, dict[str, Any]] = {}  # per choice, what these outputs add
+        for out in outs:
+            for c in out.outputs:
+                m = merged.setdefault(c.index, {"reasoning_content": "", "content": "", "logprobs": [],
+                                                "finish_reason": None})
+                reasoning, content = states[c.index].feed(c)
+                m["reasoning_content"] += reasoning
+                m["content"] += content
+                if job.num_logprobs is not None and c.logprobs:
+                    m["logprobs"] += chat_logprobs(c, job.num_logprobs, job.tokenizer)
+                m["finish_reason"] = finish_reason(c.finish_reason)
+        found = []
+        for i in sorted(merged):
+            m = merged[i]
+            delta = {k: m[k] for k in ("reasoning_content", "content") if m[k]}
+            lp = {"content": m["logprobs"]} if m["logprobs"] else None
+            if delta or lp or m["finish_reason"]:
+                found.append(chunk({"index": i, "delta": delta, "logprobs": lp, "finish_reason": m["finish_reason"]}))
+        return found
+
+    opening = [chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}) for i in range(job.n)]
+    return _event_stream(job, states, head, opening, events)
 
 
 # ---------------------------------------------------------------------------------------------------- completions
@@ -242,47 +231,75 @@ def completion_response(job: Job, states: list[ChoiceState]) -> dict[str, Any]:
             "system_fingerprint": None, "choices": choices, "usage": _usage(job, states)}
 
 
-async def completion_stream(job: Job, n_choices: int) -> AsyncIterator[str]:
+def completion_stream(job: Job, n_choices: int) -> AsyncIterator[str]:
     states = [ChoiceState(None) for _ in range(n_choices)]
     offsets = [len(job.echo[i // job.n]) if job.echo else 0 for i in range(n_choices)]
     index = {rid: p for p, rid in enumerate(job.handle.request_ids)}
     head = {"id": job.id, "object": "text_completion", "created": job.created, "model": job.model,
             "system_fingerprint": None}
     extra = {"usage": None} if job.include_usage else {}
+
+    def events(outs: list[RequestOutput]) -> list[str]:
+        merged: dict[int, dict[str, Any]] = {}  # per choice, what these outputs add
+        for out in outs:
+            for c in out.outputs:
+                i = index[out.request_id] * job.n + c.index
+                m = merged.setdefault(i, {"text": "", "logprobs": None, "finish_reason": None})
+                states[i].feed(c)
+                if job.num_logprobs is not None and c.logprobs:
+                    part = completion_logprobs(c, job.num_logprobs, job.tokenizer, offsets[i])
+                    m["logprobs"] = part if m["logprobs"] is None else {k: m["logprobs"][k] + part[k] for k in part}
+                offsets[i] += len(c.text)
+                m["text"] += c.text
+                m["finish_reason"] = finish_reason(c.finish_reason)
+        return [sse({**head, "choices": [{"index": i, **m}], **extra}) for i, m in sorted(merged.items())
+                if m["text"] or m["logprobs"] or m["finish_reason"]]
+
+    opening = [sse({**head, "choices": [{"index": i, "text": job.echo[i // job.n], "logprobs": None,
+                                         "finish_reason": None}], **extra}) for i in range(n_choices)] \
+        if job.echo else []
+    return _event_stream(job, states, head, opening, events)
+
+
+# ---------------------------------------------------------------------------------------------------- streaming
+class SSEResponse(StreamingResponse):
+    """An SSE response that aborts its engine requests however it ends (done, client gone, server cancelled)."""
+
+    def __init__(self, content: AsyncIterator[str], handle: RequestHandle):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.handle = handle
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.handle.abort()
+
+
+async def _event_stream(job: Job, states: list[ChoiceState], head: dict[str, Any], opening: list[str],
+                        events: Callable[[list[RequestOutput]], list[str]]) -> AsyncIterator[str]:
+    """The SSE frame both endpoints share: the `opening` events, then the `events` of each batch of engine outputs
+    (one write per batch; a keep-alive comment while none come), the usage chunk when asked for and [DONE]. An
+    engine error ends it with an error event; the request is aborted however the stream ends."""
     try:
-        if job.echo:
-            for i in range(n_choices):
-                yield sse({**head, "choices": [{"index": i, "text": job.echo[i // job.n], "logprobs": None,
-                                                "finish_reason": None}], **extra})
+        for e in opening:
+            yield e
         while not job.handle.done:
             outs = await job.handle.next_batch(job.keepalive_s)
             if outs is None:
                 yield SSE_KEEPALIVE
                 continue
-            merged: dict[int, dict[str, Any]] = {}  # per choice, what these outputs add
-            for out in outs:
-                for c in out.outputs:
-                    i = index[out.request_id] * job.n + c.index
-                    m = merged.setdefault(i, {"text": "", "logprobs": None, "finish_reason": None})
-                    states[i].feed(c)
-                    if job.num_logprobs is not None and c.logprobs:
-                        part = completion_logprobs(c, job.num_logprobs, job.tokenizer, offsets[i])
-                        m["logprobs"] = part if m["logprobs"] is None else {k: m["logprobs"][k] + part[k]
-                                                                            for k in part}
-                    offsets[i] += len(c.text)
-                    m["text"] += c.text
-                    m["finish_reason"] = finish_reason(c.finish_reason)
-            events = [sse({**head, "choices": [{"index": i, **m}], **extra}) for i, m in sorted(merged.items())
-                      if m["text"] or m["logprobs"] or m["finish_reason"]]
-            if events:
-                yield "".join(events)
+            found = events(outs)
+            if found:
+                yield "".join(found)
         if job.include_usage:
             yield sse({**head, "choices": [], "usage": _usage(job, states)})
         yield SSE_DONE
     except EngineError as e:
         yield sse(error_body(str(e), "server_error", None, "engine_error")) + SSE_DONE
     finally:
-        job.handle.abort()
+        job.handle.abort()  # a client that went away mid-stream frees its sequences at the next engine step
 
 
 async def wait_disconnect(receive: Any) -> None:

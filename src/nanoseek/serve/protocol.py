@@ -4,7 +4,8 @@ Requests are validated with pydantic in strict mode (a string where a number bel
 every problem becomes OpenAI's error shape `{"error": {"message", "type", "param", "code"}}` naming the field.
 Responses are plain dicts shaped as OpenAI's chat.completion / chat.completion.chunk / text_completion objects with
 DeepSeek's additions: `reasoning_content` beside `content`, `usage.completion_tokens_details.reasoning_tokens`,
-`prompt_cache_hit_tokens` / `prompt_cache_miss_tokens` (../shared/reference/serving.md, 5.1-5.2).
+`prompt_cache_hit_tokens` / `prompt_cache_miss_tokens` with prompt_tokens = hit + miss
+(https://api-docs.deepseek.com/api/create-chat-completion, https://api-docs.deepseek.com/guides/kv_cache).
 Fields beyond OpenAI's that vLLM also accepts (top_k, min_p, ignore_eos, min_tokens, stop_token_ids,
 skip_special_tokens, include_stop_str_in_output, chat_template_kwargs) are honoured, plus nanoseek's
 `max_thinking_tokens` (a reasoning budget); other unknown fields are ignored, as vLLM does.
