@@ -4,10 +4,10 @@ from the live policy, and the reward functions that score them.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,20 +29,13 @@ def check_fields(fn: Callable[..., Any], name: str, rows: Sequence[dict[str, Any
 # ------------------------------------------------------------------------------------------------ prompts
 def load_rows(path: str) -> list[dict[str, Any]]:
     """Prompt rows of a jsonl file: each a JSON object with `prompt` (text) or `messages` (a chat)."""
+    from ..data.corpora import jsonl_objects
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not (isinstance(row.get("prompt"), str) or
-                                                 isinstance(row.get("messages"), list)):
-                raise ValueError(f"{path}:{n}: a row needs a `prompt` string or a `messages` list")
-            row.setdefault("id", f"{os.path.basename(path)}:{n}")
-            rows.append(row)
+    for n, row in jsonl_objects(Path(path)):
+        if not (isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
+            raise ValueError(f"{path}:{n}: a row needs a `prompt` string or a `messages` list")
+        row.setdefault("id", f"{os.path.basename(path)}:{n}")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no prompt rows")
     return rows
