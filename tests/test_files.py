@@ -166,3 +166,26 @@ def test_old_parsers_are_the_new_one():
     assert ckpt.parse_size("5GB") == parse_bytes("5GB") == parse_size("5GB")
     with pytest.raises(ValueError, match="cache_budget"):
         parse_bytes("lots")
+
+
+def test_training_checkpoint_cleanup_finds_both_temp_namings(tmp_path):
+    """train.state writes step_*.pt through atomic_path; a kill leaves `.step_N.pt.tmp-PID-*` (or, from earlier
+    versions, `step_N.pt.tmp.PID`), and resuming removes both, never a complete checkpoint."""
+    from nanoseek.train.state import atomic_torch_save, checkpoints, clean_leftovers
+    atomic_torch_save({"step": 1}, str(tmp_path / "step_0000001.pt"))
+    new, old = temp_sibling(tmp_path / "step_0000002.pt"), tmp_path / "step_0000002.pt.tmp.4242"
+    new.write_bytes(b"partial")
+    old.write_bytes(b"partial")
+    assert sorted(clean_leftovers(str(tmp_path))) == sorted([str(new), str(old)])
+    assert [p.name for p in tmp_path.iterdir()] == ["step_0000001.pt"]
+    assert checkpoints(str(tmp_path)) == [(1, str(tmp_path / "step_0000001.pt"))]
+
+
+def test_written_files_and_directories_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        f = atomic_write(tmp_path / "f", b"x")
+        d = atomic_dir(tmp_path / "d", lambda tmp: (tmp / "g").write_bytes(b"y"))
+    finally:
+        os.umask(old)
+    assert f.stat().st_mode & 0o777 == 0o644 and d.stat().st_mode & 0o777 == 0o755

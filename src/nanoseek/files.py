@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -31,14 +30,10 @@ StrPath = str | os.PathLike
 
 
 # ------------------------------------------------------------------------------------------------ temporary names
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.tmp-{os.getpid()}-"
-
-
 def temp_sibling(path: StrPath) -> Path:
     """A fresh temporary name next to `path` (`.NAME.tmp-PID-RANDOM`)."""
     path = Path(path)
-    return path.with_name(_temp_prefix(path) + secrets.token_hex(4))
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def temp_glob(name: str) -> str:
@@ -162,7 +157,8 @@ def atomic_dir(path: StrPath, fill: Callable[[Path], None]) -> Path:
         raise ValueError(f"{path} exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+    tmp = temp_sibling(path)
+    tmp.mkdir()  # permissions follow the umask (tempfile.mkdtemp would make the directory private to its owner)
     old: Path | None = None
     try:
         fill(tmp)
