@@ -11,10 +11,7 @@ A weight W (out, in) is stored as W_q = float8_e4m3fn and `<name>_scale_inv` (fp
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +19,6 @@ import torch
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 SCALE_SUFFIX = "_scale_inv"  # official names: `<prefix>.weight` + `<prefix>.weight_scale_inv`
-_ST_ITEMSIZE = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}  # safetensors' non-float dtypes
 
 
 def scale_shape(shape: tuple[int, ...] | torch.Size, block: tuple[int, int]) -> tuple[int, int]:
@@ -122,46 +118,3 @@ def check_fp8_tensor(k: str, info: dict[str, Any], block: tuple[int, int] | None
     if len(t.shape) != 2 or scale.shape != scale_shape(t.shape, block):
         raise ValueError(f"tensor {k}{SCALE_SUFFIX}: shape {list(scale.shape)} does not match weight "
                          f"{list(t.shape)} in {block[0]}x{block[1]} blocks")
-
-
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype = "bf16",
-                       max_shard_size: int | str = "5GB") -> Path:
-    """`nanoseek convert`: rewrite a checkpoint with every floating tensor in `dtype` (FP8 weights dequantised
-    block-wise, their scales dropped, quantization_config removed; the routing bias stays fp32), one output shard
-    in memory at a time. Tensor names and every other file (tokenizer, remote code) are kept; the write is atomic."""
-    from .checkpoint import (CONFIG_NAME, _atomic_dir, _dtype_name, _Reader, _scan, _write_json, _write_tensors,
-                             read_config, resolve_dtype, with_scales)
-    src = Path(src)
-    cfg = read_config(src)
-    block = check_quantization_config(cfg.extra.get("quantization_config"), str(src / CONFIG_NAME))
-    dtype = resolve_dtype(dtype)
-    if Path(dst).exists() and Path(dst).resolve() == src.resolve():
-        raise ValueError(f"convert: destination {dst} is the source directory")
-    info = _scan(src)
-    out_dtype: dict[str, torch.dtype | None] = {}  # None: not floating, written unchanged
-    for k, t in info.items():
-        weight = info.get(k.removesuffix(SCALE_SUFFIX))
-        if k.endswith(SCALE_SUFFIX) and weight is not None and weight.dtype.startswith("F8"):
-            continue  # consumed by its weight's dequantisation
-        check_fp8_tensor(k, info, block)
-        floating = t.dtype.startswith(("F", "BF"))
-        out_dtype[k] = torch.float32 if k.endswith("e_score_correction_bias") else dtype if floating else None
-    sizes = [(k, math.prod(info[k].shape) * (d.itemsize if d is not None else _ST_ITEMSIZE.get(info[k].dtype, 8)))
-             for k, d in out_dtype.items()]
-    config = json.loads((src / CONFIG_NAME).read_text(encoding="utf-8"))
-    config.pop("quantization_config", None)
-    config["torch_dtype"] = _dtype_name(dtype)
-    if "dtype" in config:
-        config["dtype"] = _dtype_name(dtype)
-
-    def fill(out: Path) -> None:
-        with _Reader(info, with_scales(list(out_dtype), info)) as reader:
-            def get(k: str) -> torch.Tensor:
-                t = reader.get(k)
-                if t.dtype == FP8_DTYPE:
-                    return dequantize_fp8_blockwise(t, reader.get(k + SCALE_SUFFIX), block, out_dtype[k], k)
-                return t if out_dtype[k] is None else t.to(out_dtype[k]).contiguous()
-            _write_tensors(out, sizes, get, max_shard_size)
-        _write_json(out / CONFIG_NAME, config)
-
-    return _atomic_dir(dst, fill, carry_from=src)

@@ -15,9 +15,10 @@ A chart whose metrics a run does not have is not written.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from .files import save_figure
 
 Rows = list[dict[str, Any]]
 
@@ -69,13 +70,6 @@ def _figure(title: str, ylabel: str):
     return fig, ax
 
 
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
-
-
 def _lines(rows: Rows, out: Path, name: str, title: str, ylabel: str, keys: Sequence[tuple[str, str]],
            log_y: bool = False) -> Path | None:
     """One chart of several metrics (key, label); None when none of them has data."""
@@ -96,7 +90,7 @@ def _lines(rows: Rows, out: Path, name: str, title: str, ylabel: str, keys: Sequ
     if log_y and all(v > 0 for _, _, y in data for v in y):
         ax.set_yscale("log")
     ax.legend()
-    return _save(fig, out / name)
+    return save_figure(fig, out / name)
 
 
 def _expert_load(rows: Rows, out: Path) -> Path | None:
@@ -114,7 +108,7 @@ def _expert_load(rows: Rows, out: Path) -> Path | None:
         ax.plot(steps, [points[s] for s in steps], label=layer)
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
     ax.legend(fontsize="small")
-    return _save(fig, out / "expert_load.png")
+    return save_figure(fig, out / "expert_load.png")
 
 
 def _completion_length(rows: Rows, out: Path) -> Path | None:
@@ -131,7 +125,7 @@ def _completion_length(rows: Rows, out: Path) -> Path | None:
         twin.set_ylim(0, 1)
         twin.legend(loc="upper right")
     ax.legend(loc="upper left")
-    return _save(fig, out / "completion_length.png")
+    return save_figure(fig, out / "completion_length.png")
 
 
 def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..files import atomic_write, temp_glob, write_json
 from .corpora import CORPORA, DataError, Document, corpus_documents, document_key, expand_inputs, file_sha256, \
     iter_documents
 from .encode import encode_document, encoder, tokenizer_info
@@ -57,28 +57,8 @@ def load_tokenizer(path: str | Path) -> Any:
     return Tokenizer.from_pretrained(path)
 
 
-# ------------------------------------------------------------------------------------------------ atomic writes
-def _fsync_dir(path: Path) -> None:
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    atomic_write(out / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_json(out / MANIFEST, manifest, indent=1, ensure_ascii=False, default=None)
 
 
 def read_manifest(out: str | Path) -> dict[str, Any]:
@@ -212,7 +192,8 @@ def prepare(inputs: str | Path | Sequence[str | Path], tokenizer: Any, out_dir: 
     manifest = _resume(out, fingerprint)
     if manifest is not None and manifest["complete"]:
         return manifest
-    for stale in out.glob("*.tmp"):  # left by a run killed mid-write
+    # Temporary files left by a run killed mid-write (`*.tmp`: the names earlier versions used).
+    for stale in [*out.glob(temp_glob("*")), *out.glob("*.tmp")]:
         stale.unlink()
     manifest = manifest or _new_manifest(fingerprint, source, tok, dtype, settings)
     write_manifest(out, manifest)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..files import write_json  # noqa: F401  (re-exported for older callers; import it from nanoseek.files)
 from . import accuracy
 from .perplexity import read_documents, score_documents
 
@@ -185,21 +186,3 @@ def markdown_table(report: dict[str, Any]) -> str:
         for metric, value in rows:
             lines.append(f"| {task} | {metric} | {_fmt(value)} | {count} |")
     return "\n".join(lines)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic: a temporary file in the same directory, fsync, rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return p

@@ -12,7 +12,6 @@ prefix (prefix caching by block hashing, see BlockPool).
 from __future__ import annotations
 
 import hashlib
-import re
 from array import array
 from collections import OrderedDict
 from typing import Any
@@ -20,21 +19,12 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+from ..files import parse_size
 
 
 def parse_bytes(budget: int | float | str) -> int:
-    """An int/float of bytes or a string like '512MiB', '2GB', '1.5 GiB'."""
-    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        if budget <= 0:
-            raise ValueError(f"cache_budget: must be positive (got {budget!r})")
-        return int(budget)
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(budget))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cache_budget: expected bytes as a number or a size like '512MiB' (got {budget!r})")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """cache_budget in bytes: a number or a size like '512MiB', '2GB', '1.5 GiB' (nanoseek.files.parse_size)."""
+    return parse_size(budget, "cache_budget")
 
 
 def bytes_per_token(cfg: ModelConfig, n_layers: int, dtype: torch.dtype) -> int:

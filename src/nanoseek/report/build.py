@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from ..files import atomic_write, write_json
 from ..presets import PRESETS
 from .accounting import accounting, human, human_bytes
 from .measure import measure, skip_reason
@@ -112,9 +113,8 @@ def build_report(target: str | os.PathLike, out_dir: str | os.PathLike | None = 
     from .markdown import render
     rep["files"] = [str(f) for f in files]
     text = render(rep, [f.name for f in files])
-    from ..evaluate.runner import write_json
     md = out / "report.md"
-    _write_text(md, text)
+    atomic_write(md, text)
     rep["files"] += [str(md), str(out / "report.json")]
     write_json(out / "report.json", rep)
     rep["markdown"] = text
@@ -137,19 +137,6 @@ def _instantiate(t: Target, device: str | None):
     with torch.device(dev):
         model = Transformer(t.config)
     return model.eval(), None
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["build_report", "resolve", "run_summary", "Target", "human", "human_bytes"]

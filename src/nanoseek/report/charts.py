@@ -7,18 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import save_figure
 from .accounting import human, human_bytes
-
-
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def bars(path: Path, title: str, labels: Sequence[str], values: Sequence[float], texts: Sequence[str],
@@ -39,7 +29,7 @@ def bars(path: Path, title: str, labels: Sequence[str], values: Sequence[float],
     for yi, v, t in zip(y, values, texts):
         ax.text(v, yi, f"  {t}", va="center", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def params_chart(acc: dict[str, Any], out: Path) -> Path:
@@ -130,4 +120,4 @@ def inference_compute_chart(result: dict[str, Any], path: str | os.PathLike) -> 
     fig.suptitle(f"inference-time compute: {result['task']}, {s['examples']} held-out problems")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -11,43 +11,24 @@ import json
 import os
 import random
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..files import atomic_path, atomic_write, temp_glob
+
 _NAME = re.compile(r"step_(\d+)\.pt$")
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """torch.save to `path` so that a crash at any moment leaves either the old file or the complete new one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise OSError(f"could not write checkpoint {path}: {e.strerror or e} "
-                          f"(the previous checkpoint is intact)") from e
-        raise
-    _fsync_dir(os.path.dirname(path) or ".")
+    except OSError as e:
+        raise OSError(f"could not write checkpoint {path}: {e.strerror or e} "
+                      f"(the previous checkpoint is intact)") from e
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,12 +76,14 @@ def load(path: str) -> dict[str, Any]:
 
 
 def clean_leftovers(ckpt_dir: str) -> list[str]:
-    """Remove the temporary files of checkpoint writes a kill interrupted (`step_*.pt.tmp.PID`); returns them."""
+    """Remove the temporary files of checkpoint writes a kill interrupted (nanoseek.files' `.step_*.pt.tmp-PID-*`,
+    and `step_*.pt.tmp.PID` of earlier versions); returns them."""
     gone = []
-    for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt.tmp.*")):
-        with contextlib.suppress(OSError):
-            os.remove(p)
-            gone.append(p)
+    for pattern in (temp_glob("step_*.pt"), "step_*.pt.tmp.*"):
+        for p in glob.glob(os.path.join(glob.escape(ckpt_dir), pattern)):
+            with contextlib.suppress(OSError):
+                os.remove(p)
+                gone.append(p)
     return gone
 
 
@@ -140,6 +123,5 @@ def truncate_log(path: str, step: int) -> int:
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             keep.append(line if line.endswith("\n") else line + "\n")
     if len(keep) != len(lines):
-        from ..data.prepare import atomic_write
-        atomic_write(Path(path), "".join(keep).encode("utf-8"))
+        atomic_write(path, "".join(keep))
     return len(lines) - len(keep)
