@@ -89,7 +89,7 @@ def write_section(path, key: str, title: str, body: str) -> None:
     keeping the notes around it; the first time, append a `## title` section. Atomic: temporary file, then rename."""
     from pathlib import Path
 
-    from nanoseek.data.prepare import atomic_write
+    from nanoseek.files import atomic_write
     path = Path(path)
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
     block = f"{begin}\n{body.rstrip(chr(10))}\n{end}"

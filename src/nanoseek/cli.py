@@ -141,7 +141,7 @@ def _convert(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
 
     def run(a: argparse.Namespace) -> int:
-        from .fp8 import convert_checkpoint
+        from .checkpoint import convert_checkpoint
         out = convert_checkpoint(a.src, a.dst, dtype=a.dtype, max_shard_size=a.max_shard_size)
         print(f"wrote {out} ({a.dtype})")
         return 0

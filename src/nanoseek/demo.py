@@ -11,11 +11,12 @@ step count (0.1 for a smoke run).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from .files import atomic_dir, atomic_write, write_json
 
 STAGES = ("pretrain", "sft", "grpo", "distill", "eval", "report")
 OPTIONAL = ("distill",)  # run only when asked for (`--with distill`): it doubles the SFT time
@@ -49,13 +50,12 @@ def clean_corpus(d: Path, eval_limit: int, log: Callable[[str], None]) -> tuple[
     report (with the seconds it took). A rerun reuses the finished output."""
     from .data import corpus_documents
     from .data.clean import clean, summary
-    from .data.prepare import atomic_write
     src = d / "corpus" / "builtin.jsonl"
     t = time.perf_counter()
     if not src.exists():
         src.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(src, "".join(json.dumps({"text": doc}, ensure_ascii=False) + "\n"
-                                  for doc in corpus_documents("builtin")).encode("utf-8"))
+                                  for doc in corpus_documents("builtin")))
     report = clean([src], d / "corpus" / "clean", steps=CLEAN_STEPS, decontaminate=[DECONTAMINATE],
                    decont_limit=eval_limit, progress=False)
     report = {**report, "stage_seconds": round(time.perf_counter() - t, 2)}
@@ -103,8 +103,7 @@ def _append_recipe(report_md: Path, results: dict[str, Any], root: Path) -> None
             shutil.copyfile(chart, report_md.parent / chart.name)
         lines += ["", "## Inference-time compute of the final model", "", scaling.markdown(ic),
                   f"![inference-time compute]({chart.name})", ""]
-    from .data.prepare import atomic_write
-    atomic_write(report_md, (report_md.read_text(encoding="utf-8") + "\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write(report_md, report_md.read_text(encoding="utf-8") + "\n".join(lines) + "\n")
 
 
 def _steps(n: int, scale: float) -> int:
@@ -117,9 +116,7 @@ def _done(stage_dir: Path) -> dict[str, Any] | None:
 
 
 def _mark_done(stage_dir: Path, summary: dict[str, Any]) -> None:
-    tmp = stage_dir / "DONE.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, stage_dir / "DONE.json")
+    write_json(stage_dir / "DONE.json", summary)
 
 
 def _fmt_acc(acc: dict[str, Any]) -> str:
@@ -268,12 +265,10 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
         if latest is None:
             raise ValueError("demo: nothing to evaluate")
         from .evaluate import scaling
-        from .data.prepare import atomic_write
-        from .evaluate.runner import write_json
         from .report.charts import inference_compute_chart
         res = scaling.run(str(latest), TASK, levels=LEVELS, limit=eval_limit, max_tokens=MAX_TOKENS, seed=seed)
         write_json(d / "inference_compute.json", res)
-        atomic_write(d / "inference_compute.md", scaling.markdown(res).encode("utf-8"))
+        atomic_write(d / "inference_compute.md", scaling.markdown(res))
         inference_compute_chart(res, d / "inference_compute.png")
         sm = res["samples"]
         log("  final model, more samples per problem (temperature 0.6): " +
@@ -299,17 +294,14 @@ def run(out: str = "runs/demo", preset: str = "tiny", scale: float = 1.0, skip: 
     stage("report", report)
 
     final = root / "model"
-    if latest is not None:
-        tmp = root / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(latest, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+    if latest is not None:  # the newest model, copied whole or not at all
+        src = latest
+        atomic_dir(final, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
     gain = grpo_gain(results)
     if gain is not None:
         results["grpo_gain"] = gain
     summary_path = root / "summary.json"
-    summary_path.write_text(json.dumps(results, indent=2, default=str))
+    write_json(summary_path, results)
     log(f"\ndemo finished in {time.time() - t0:.0f}s; results in {summary_path}")
     for name in ("pretrain", "sft", "grpo", "distill"):
         acc = results.get(name, {}).get("accuracy")

@@ -330,7 +330,7 @@ def _report(out: Path, info: dict[str, int], chosen: list[str], prompts: dict[st
               "mb_per_s": round(info["bytes"] / 1e6 / max(seconds, 1e-9), 3),
               "decontamination_prompts": prompts, "fingerprint": settings.pop("fingerprint"),
               "settings": settings}
-    from .prepare import atomic_write
+    from ..files import atomic_write
     lines = [f"# data clean: {out}", "", f"{report['input']:,} documents in ({info['bytes'] / 1e6:.2f} MB), "
              f"{kept:,} kept ({kept / max(report['input'], 1):.1%}), in {seconds:.1f}s "
              f"({report['docs_per_s']:,} docs/s, {report['mb_per_s']} MB/s).", "",

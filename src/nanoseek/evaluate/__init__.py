@@ -8,9 +8,9 @@ question/answer files, on the inference engine (`nanoseek eval`).
 from .accuracy import AnswerMatcher, canonical
 from .metrics import bits_per_byte, mean_pass_at_k, pass_at_k, perplexity
 from .perplexity import score_documents
-from .runner import evaluate, markdown_table, parse_task, write_json
+from .runner import evaluate, markdown_table, parse_task
 from .scoring import continuation_logprobs, rolling_requests
 
-__all__ = ["evaluate", "markdown_table", "parse_task", "write_json", "pass_at_k", "mean_pass_at_k", "perplexity",
+__all__ = ["evaluate", "markdown_table", "parse_task", "pass_at_k", "mean_pass_at_k", "perplexity",
            "bits_per_byte", "score_documents", "continuation_logprobs", "rolling_requests", "AnswerMatcher",
            "canonical"]

@@ -50,7 +50,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def run_eval(a: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout  # looked up per call (tests replace sys.stdout)
-    from .runner import evaluate, markdown_table, write_json
+    from ..files import write_json
+    from .runner import evaluate, markdown_table
     if a.n < 1:
         raise ValueError(f"--n: must be >= 1 (got {a.n})")
     if a.limit is not None and a.limit < 1:

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import write_json  # noqa: F401  (re-exported for older callers; import it from nanoseek.files)
 from . import accuracy
 from .perplexity import read_documents, score_documents
 

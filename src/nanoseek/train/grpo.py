@@ -19,13 +19,13 @@ skipped (advantage 0, masked out of the loss). Rows missing a field a reward nee
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from typing import Any, Callable
 
 import torch
 
+from ..files import write_json
 from ..rewards import resolve_reward
 from . import distributed
 from .balance import LoadBalancer
@@ -358,9 +358,7 @@ class GRPOTrainer(TrainingLoop):
 
 
 def run(cfg: GRPOConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    with open(os.path.join(cfg.run_dir, "grpo_config.json"), "w", encoding="utf-8") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
+    write_json(os.path.join(cfg.run_dir, "grpo_config.json"), cfg.to_dict())
     trainer = GRPOTrainer(cfg, log=log)
     log(f"grpo: {cfg.model}, {'task ' + cfg.task if cfg.task else cfg.data}; rewards "
         f"{', '.join(f'{n}×{w:g}' for n, w in zip(trainer.rewards.names, trainer.rewards.weights))}; "

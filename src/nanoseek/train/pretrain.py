@@ -5,12 +5,12 @@ the trainer, fit, export the final model with its tokenizer.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
 import torch
 
+from ..files import write_json
 from . import distributed
 from .config import TrainConfig
 from .data import pretraining_data
@@ -29,9 +29,7 @@ def launch(cfg: TrainConfig, make_data: Callable[[distributed.DistEnv], Data],
         torch.set_num_threads(cfg.threads)
     try:
         if env.is_main:
-            os.makedirs(cfg.run_dir, exist_ok=True)
-            with open(os.path.join(cfg.run_dir, "train_config.json"), "w", encoding="utf-8") as f:
-                json.dump({**cfg.to_dict(), **(record or {})}, f, indent=2)
+            write_json(os.path.join(cfg.run_dir, "train_config.json"), {**cfg.to_dict(), **(record or {})})
         data = make_data(env)
         trainer = Trainer(cfg, data, env, model=make_model(data), log=log if env.is_main else (lambda s: None))
         if env.is_main:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..data import CORPORA, DataError, TokenDataset, iter_packed, prepare, read_manifest
-from ..data.prepare import atomic_write
+from ..files import atomic_write
 from . import distributed
 from .config import SFTConfig
 from .data import unigram_entropy
@@ -53,7 +53,7 @@ def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Rows as JSON lines, written atomically (a crash leaves the old file or the whole new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
 
 
