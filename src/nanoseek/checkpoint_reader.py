@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import ModelConfig
+from .files import read_json_object
 from .fp8 import SCALE_SUFFIX, check_quantization_config
 
 CONFIG_NAME = "config.json"
@@ -31,12 +32,7 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     p = path / CONFIG_NAME
     if not p.is_file():
         raise FileNotFoundError(f"{p}: missing (a model directory needs config.json)")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{p}: expected a JSON object")
+    d = read_json_object(p)
     if "dtype" in d:  # transformers 5 writes `dtype`, older versions and the official configs `torch_dtype`
         dt = d.pop("dtype")
         d.setdefault("torch_dtype", dt)

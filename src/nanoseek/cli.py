@@ -173,7 +173,7 @@ def _demo(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
-# ---------------------------------------------------------------------------------------------------- train, sft
+# ---------------------------------------------------------------------------------------------------- train, sft, grpo
 def settings_args(p: argparse.ArgumentParser, settings: type, example: str, more: str = "") -> None:
     """A training command's arguments: `--config FILE` and `--key value` for every field of its dataclass of
     settings, which `--help` lists with their defaults and comments."""
@@ -183,35 +183,35 @@ def settings_args(p: argparse.ArgumentParser, settings: type, example: str, more
     p.set_defaults(_overrides_help="--key value for any setting listed below")
 
 
-def _settings(settings: type, a: argparse.Namespace, **kwargs):
-    from .train.settings import load_file
-    return settings.build(load_file(a.config) if a.config else None, a._extra, **kwargs)
+def _load(path: str):
+    """`package.module:name` imported when a command runs (the CLI starts without the training code)."""
+    import importlib
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-@command("train", "pretrain a model (defaults: the tiny preset on the built-in data, about 10 minutes on 2 CPU cores)")
-def _train(p: argparse.ArgumentParser) -> Runner:
-    from .train.config import TrainConfig
-    settings_args(p, TrainConfig, "nanoseek train --model small --max_steps 2000 --run_dir runs/small",
-                  "--model.<field> value overrides a field of the model's config (e.g. --model.n_routed_experts 8).")
+def settings_command(name: str, help: str, settings: str, runner: str, example: str, more: str = "") -> None:
+    """Register a training command whose settings are the dataclass `settings` and that runs `runner(cfg)`."""
+    def setup(p: argparse.ArgumentParser) -> Runner:
+        cls = _load(settings)
+        settings_args(p, cls, example, more)
 
-    def run(a: argparse.Namespace) -> int:
-        from .train.pretrain import run as train_run
-        train_run(_settings(TrainConfig, a))
-        return 0
-    return run
+        def run(a: argparse.Namespace) -> int:
+            from .train.settings import load_file
+            _load(runner)(cls.build(load_file(a.config) if a.config else None, a._extra))
+            return 0
+        return run
+    command(name, help)(setup)
 
 
-@command("sft", "chat supervised fine-tuning (assistant-only loss, packing) of a model directory on chat jsonl "
-                "or a built-in task's worked solutions")
-def _sft(p: argparse.ArgumentParser) -> Runner:
-    from .train.config import SFTConfig
-    settings_args(p, SFTConfig, "nanoseek sft --model runs/train/model --task arithmetic --task_levels 1,2")
-
-    def run(a: argparse.Namespace) -> int:
-        from .train.sft import run as sft_run
-        sft_run(_settings(SFTConfig, a))
-        return 0
-    return run
+settings_command("train", "pretrain a model (defaults: the tiny preset on the built-in data, about 10 minutes on 2 CPU "
+                          "cores)", "nanoseek.train.config:TrainConfig", "nanoseek.train.pretrain:run",
+                 "nanoseek train --model small --max_steps 2000 --run_dir runs/small",
+                 "--model.<field> value overrides a field of the model's config (e.g. --model.n_routed_experts 8).")
+settings_command("sft", "chat supervised fine-tuning (assistant-only loss, packing) of a model directory on chat "
+                        "jsonl or a built-in task's worked solutions", "nanoseek.train.config:SFTConfig",
+                 "nanoseek.train.sft:run",
+                 "nanoseek sft --model runs/train/model --task arithmetic --task_levels 1,2")
 
 
 # ---------------------------------------------------------------------------------------------------- generate, chat
@@ -243,18 +243,11 @@ def _serve(p: argparse.ArgumentParser) -> Runner:
 
 
 # ---------------------------------------------------------------------------------------------------- grpo
-@command("grpo", "reasoning RL with rule-based rewards (GRPO, the DeepSeek-R1 recipe) on a task or prompt file")
-def _grpo(p: argparse.ArgumentParser) -> Runner:
-    from .train.grpo_config import GRPOConfig
-    settings_args(p, GRPOConfig, "nanoseek grpo --model runs/sft/model --task arithmetic --levels 1,2 "
-                                 "--reward accuracy,format --reward_weights 1,0.2",
-                  "--preset paper|modern sets the algorithm's settings; explicit settings win over it.")
-
-    def run(a: argparse.Namespace) -> int:
-        from .train.grpo import run as grpo_run
-        grpo_run(_settings(GRPOConfig, a))
-        return 0
-    return run
+settings_command("grpo", "reasoning RL with rule-based rewards (GRPO, the DeepSeek-R1 recipe) on a task or prompt "
+                         "file", "nanoseek.train.grpo_config:GRPOConfig", "nanoseek.train.grpo:run",
+                 "nanoseek grpo --model runs/sft/model --task arithmetic --levels 1,2 --reward accuracy,format "
+                 "--reward_weights 1,0.2",
+                 "--preset paper|modern sets the algorithm's settings; explicit settings win over it.")
 
 
 # ---------------------------------------------------------------------------------------------------- eval, report

@@ -1,4 +1,5 @@
-"""Crash-safe file writes and byte sizes: the one way nanoseek writes a file or a directory that others may read.
+"""Crash-safe file writes, JSON reads and byte sizes: the one way nanoseek writes a file or a directory that others
+may read, and reads the JSON it (or a user) wrote.
 
 Every write goes to a temporary sibling, is fsynced, renamed over the target and the directory is fsynced, so a
 reader (or a process restarted after a crash) sees the old content or the complete new one, never a partial file.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import json
 import math
 import os
@@ -23,8 +25,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write", "fsync", "fsync_dir", "parse_size", "remove_stale_temps",
-           "save_figure", "temp_glob", "temp_sibling", "write_json"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write", "fsync", "fsync_dir", "jsonl_values", "parse_size",
+           "read_json_object", "remove_stale_temps", "save_figure", "temp_glob", "temp_sibling", "write_json"]
 
 StrPath = str | os.PathLike
 
@@ -144,6 +146,39 @@ def save_figure(fig: Any, path: StrPath, **savefig: Any) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **savefig)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------ reading JSON
+def read_json_object(path: StrPath) -> dict[str, Any]:
+    """A JSON file holding one object (config.json, tokenizer_config.json...); errors name the file."""
+    p = Path(path)
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{p}: expected a JSON object, not {type(value).__name__}")
+    return value
+
+
+def jsonl_values(path: StrPath, *, partial_tail: bool = False,
+                 error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a `.jsonl` or `.jsonl.gz` file, read lazily. A line that is
+    not JSON raises `error` naming the file and line; with `partial_tail`, an unterminated last line that is not
+    JSON (a writer killed mid-line) ends the file instead."""
+    p = Path(path)
+    opener = gzip.open if p.name.endswith(".gz") else open
+    with opener(p, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                if partial_tail and n > 1 and not line.endswith("\n"):
+                    return
+                raise error(f"{p}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield n, value
 
 
 # ------------------------------------------------------------------------------------------------ directories

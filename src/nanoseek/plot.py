@@ -14,11 +14,10 @@ A chart whose metrics a run does not have is not written.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .files import save_figure
+from .files import jsonl_values, save_figure
 
 Rows = list[dict[str, Any]]
 
@@ -30,19 +29,9 @@ def read_metrics(path: str | Path) -> Rows:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics file (runs of nanoseek train, sft and grpo write one)")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                if n > 1 and not line.endswith("\n"):  # a run killed mid-write leaves a partial last line
-                    break
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-                rows.append(row)
+    # a run killed mid-write leaves a partial last line: the rows before it are the run's
+    rows = [row for _, row in jsonl_values(path, partial_tail=True)
+            if isinstance(row, dict) and isinstance(row.get("step"), (int, float))]
     if not rows:
         raise ValueError(f"{path}: no rows with a `step`")
     return rows

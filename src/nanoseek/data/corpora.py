@@ -27,6 +27,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Union
 
+from ..files import jsonl_values
+
 Message = dict[str, Any]
 Document = Union[str, list[Message]]
 
@@ -174,18 +176,10 @@ def _messages(value: Any, where: str) -> list[Message]:
 def jsonl_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a `.jsonl` or `.jsonl.gz` file, read lazily (a line is
     parsed when it is reached); a line that is not a JSON object is a DataError naming the file and line."""
-    opener = gzip.open if p.name.endswith(".gz") else open
-    with opener(p, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
-            yield n, row
+    for n, row in jsonl_values(p, error=DataError):
+        if not isinstance(row, dict):
+            raise DataError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
+        yield n, row
 
 
 def jsonl_rows(p: Path) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -9,7 +9,6 @@ A task is written as
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..files import jsonl_values
 from . import accuracy
 from .perplexity import read_documents, score_documents
 
@@ -32,21 +32,14 @@ class TaskSpec:
 
 
 def _jsonl_kind(path: Path) -> str:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if isinstance(row, dict) and "text" in row:
-                return "ppl"
-            if isinstance(row, dict) and any(k in row for k in accuracy.QUESTION_FIELDS):
-                return "qa"
-            raise ValueError(f"{path}:{n}: neither a `text` document nor a question/answer row "
-                             f"(fields: {', '.join(row) if isinstance(row, dict) else type(row).__name__}); "
-                             f"write ppl:{path} or qa:{path} to say which")
+    for n, row in jsonl_values(path):  # the first row decides
+        if isinstance(row, dict) and "text" in row:
+            return "ppl"
+        if isinstance(row, dict) and any(k in row for k in accuracy.QUESTION_FIELDS):
+            return "qa"
+        raise ValueError(f"{path}:{n}: neither a `text` document nor a question/answer row "
+                         f"(fields: {', '.join(row) if isinstance(row, dict) else type(row).__name__}); "
+                         f"write ppl:{path} or qa:{path} to say which")
     raise ValueError(f"{path}: empty file")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import tokenizers
 from tokenizers import decoders, processors
 
-from ..files import atomic_dir, atomic_write
+from ..files import atomic_dir, atomic_write, read_json_object
 from .chat import MAX_TEMPLATE_CHARS, compile_template, normalize_messages, plain_data
 
 def _token_content(value: Any) -> str | None:
@@ -92,16 +92,9 @@ class Tokenizer:
             backend = tokenizers.Tokenizer.from_file(str(tok_file))
         except Exception as e:
             raise ValueError(f"{tok_file} is not a valid tokenizer.json: {e}") from None
-        config: dict[str, Any] = {}
-        if cfg_file.is_file():
-            try:
-                config = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
-            if not isinstance(config, dict):
-                raise ValueError(f"{cfg_file} must hold a JSON object, not {type(config).__name__}")
-        else:
+        if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file} not found")
+        config = read_json_object(cfg_file)
         template = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else None
         return cls(backend, config, template, name_or_path=str(d))
 
