@@ -99,7 +99,8 @@ def answer_region(text: str) -> str:
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS = re.compile(r"answer(?: is|:)[ \t:]*([^\n]*?)(?=\.[ \t]|\.?[ \t]*$|\.?[ \t]*\n)", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"answer(?: is|:)[ \t:]*([^\n]*?)(?=\.[ \t]|\.?[ \t]*$|\.?[ \t]*\n)",
+                        re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
