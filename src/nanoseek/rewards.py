@@ -12,8 +12,9 @@ reasoning in exactly one think block, then the final answer in `\boxed{}`, as De
     \boxed{132}
 
 `format_response(reasoning, answer)` writes it; `extract_answer(text)` reads it back. `extract_answer` also reads
-GSM8K's `#### 72` and "The answer is 72", and the **last** answer in the text wins (a model that writes several
-answers is judged by its last one), so evaluation of other models' outputs uses the same code.
+GSM8K's `#### 72`, "The answer is 72" and "Answer: 72", and the **last** answer in the text wins (a model that
+writes several answers is judged by its last one), so evaluation of other models' outputs uses the same code. It is
+nanoseek's one answer extractor: majority voting (`nanoseek.infer.voting`) reads answers with it too.
 
 A reward is a plain function `f(completion: str, **fields_of_the_example) -> float | None`. `completion` is the
 assistant's text only (a string, or an OpenAI-style assistant message / list of messages, whose
@@ -98,7 +99,8 @@ def answer_region(text: str) -> str:
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS = re.compile(r"answer is[ \t:]*([^\n]*?)(?=\.[ \t]|\.?[ \t]*$|\.?[ \t]*\n)", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"answer(?: is|:)[ \t:]*([^\n]*?)(?=\.[ \t]|\.?[ \t]*$|\.?[ \t]*\n)",
+                        re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
@@ -115,10 +117,12 @@ def _matching_braces(text: str) -> dict[int, int]:
 
 
 def extract_answer(text: str, *, last_number: bool = False) -> str | None:
-    r"""The last answer in `text`: `\boxed{X}`, `#### X` (GSM8K) or "The answer is X", whichever comes last.
+    r"""The last answer in `text`: `\boxed{X}`, `#### X` (GSM8K) or "The answer is X" / "Answer: X", whichever
+    comes last (a box left unclosed or empty is no answer).
 
-    With `last_number=True`, the last number in the text is the answer when none of those markers is present
-    (lenient evaluation of models that do not follow the convention; rewards do not use it). None if no answer.
+    With `last_number=True`, the last number in the text (thousands commas dropped) is the answer when none of
+    those markers is present: lenient reading of models that do not follow the convention, as majority voting
+    does; rewards do not use it. None if no answer.
     """
     found: list[tuple[int, str]] = []
     boxes = list(_BOXED.finditer(text))
@@ -126,13 +130,13 @@ def extract_answer(text: str, *, last_number: bool = False) -> str | None:
         closing = _matching_braces(text)
         found += [(m.start(), text[m.end():closing[m.end() - 1]]) for m in boxes if m.end() - 1 in closing]
     found += [(m.start(), m.group(1)) for m in _HASHES.finditer(text)]
-    found += [(m.start(), m.group(1)) for m in _ANSWER_IS.finditer(text)]
+    found += [(m.start(), m.group(1).strip().rstrip(".")) for m in _ANSWER_IS.finditer(text)]
     found = [(pos, ans.strip()) for pos, ans in found if ans.strip()]
     if found:
         return max(found)[1]
     if last_number:
         numbers = _NUMBER.findall(text)
-        return numbers[-1] if numbers else None
+        return numbers[-1].replace(",", "") if numbers else None
     return None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rewards
-from ..infer.tts import majority_vote
+from ..infer.voting import majority_vote
 from . import metrics
 
 QUESTION_FIELDS = ("question", "prompt", "problem", "input")

@@ -2,8 +2,9 @@
 
 One `step()` = schedule (scheduler.py) -> one forward of the main model over every scheduled token (runner.py)
 -> logits only where a token is produced -> sample or verify drafts (sampling.py, spec.py) -> append tokens with
-stop checks and detokenization (detok.py) -> for n > 1, fork the finished prompt into n samples sharing its blocks
--> with speculative decoding, one MTP pass that fills the MTP cache and drafts the next step's tokens.
+stop checks and detokenization (stopping.py, detok.py) -> with speculative decoding, one MTP pass that fills the
+MTP cache and drafts the next step's tokens -> register full blocks in the prefix cache and, for n > 1, fork the
+finished prompt into n samples sharing its blocks (sharing.py). Requests and sequences are in sequence.py.
 A failure in the per-sequence work of a step (sampling, logprobs, stop checks, detokenization, outputs) ends only
 the request it came from, with finish_reason "error" and RequestOutput.error; a failure of the forward itself
 still fails the step.
@@ -17,7 +18,6 @@ import logging
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -28,53 +28,14 @@ from .outputs import OutputState, RequestMetrics, RequestOutput, build_output
 from .paged_cache import PagedLatentCache, bytes_per_token, parse_bytes
 from .runner import ModelRunner, Segment, build_meta
 from .sampling import Sampler, SamplingParams, apply_penalties, child_seed, top_logprobs
-from .scheduler import Scheduled, Scheduler, Sequence
-from .spec import MTPDrafter, verify_greedy, verify_sampled
+from .scheduler import Scheduler
+from .sequence import Request, Scheduled, Sequence
+from .sharing import fork_prompt, register_full_blocks
+from .spec import MTPDrafter, parse_speculative, verify_greedy, verify_sampled
 from .stopping import append_tokens
 
 DEFAULT_CACHE_BYTES = 1 << 30
 log = logging.getLogger("nanoseek.infer")
-
-
-def parse_speculative(speculative: Any) -> int:
-    """None/False/0: off; True or "mtp": 1 draft token; an int k; or vLLM's {"method": "mtp",
-    "num_speculative_tokens": k}. Returns k."""
-    if speculative is None or speculative is False:
-        return 0
-    if speculative is True:
-        return 1
-    if isinstance(speculative, str):
-        if speculative.lower() in ("mtp", "deepseek_mtp"):
-            return 1
-        raise ValueError(f"speculative: unknown method {speculative!r} (only 'mtp')")
-    if isinstance(speculative, int):
-        if speculative < 0:
-            raise ValueError(f"speculative: number of draft tokens must be >= 0 (got {speculative})")
-        return speculative
-    if isinstance(speculative, dict):
-        method = speculative.get("method", "mtp")
-        if method not in ("mtp", "deepseek_mtp"):
-            raise ValueError(f"speculative.method: only 'mtp' is supported (got {method!r})")
-        return parse_speculative(int(speculative.get("num_speculative_tokens", 1)))
-    raise ValueError(f"speculative: expected None, bool, int, 'mtp' or a dict (got {speculative!r})")
-
-
-@dataclass(eq=False)
-class Request:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    arrival_index: int
-    metrics: RequestMetrics
-    outputs: list[OutputState]
-    seqs: list[Sequence] = field(default_factory=list)
-    dirty: bool = False  # has something to report after this step
-    error: str | None = None  # why the engine ended this request alone (its unfinished outputs say "error")
-
-    @property
-    def finished(self) -> bool:
-        return all(o.finish_reason is not None for o in self.outputs)
 
 
 class LLMEngine:
@@ -254,16 +215,9 @@ class LLMEngine:
                 self.scheduler.add(req.seqs[0])
             for rid in aborts:
                 req = self.requests.get(rid)
-                if req is None:
-                    continue
-                for seq in req.seqs:
-                    if not seq.finished:
-                        seq.finished = True
+                if req is not None:
+                    for seq in req.abort():
                         self.scheduler.remove(seq)
-                for o in req.outputs:
-                    if o.finish_reason is None:
-                        o.finish_reason = "abort"
-                req.dirty = True
 
     # ------------------------------------------------------------------ one step
     def _weights_version(self) -> tuple[int, int]:
@@ -274,13 +228,11 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (running sequences keep their blocks)."""
-        pool = self.cache.pool
-        pool.by_hash.clear()
-        pool.hash_of.clear()
-        pool.extra.clear()
+        self.cache.pool.reset_prefix_cache()
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduling step; returns the outputs of requests that made progress (per their output_kind)."""
+        """Run one scheduling step: schedule, run the model, postprocess; returns the outputs of requests that made
+        progress (per their output_kind)."""
         if self.prefix_caching:
             v = self._weights_version()
             if v != self._weights_seen:  # e.g. RL training updated the live model between rollouts
@@ -291,11 +243,13 @@ class LLMEngine:
         for seq in sched.preempted:
             seq.request.metrics.num_preemptions += 1
         if sched.entries:
-            self._execute(sched.entries)
+            segs, hidden = self._run(sched.entries)
+            self._postprocess(sched.entries, segs, hidden)
         return self._collect()
 
     @torch.inference_mode()
-    def _execute(self, entries: list[Scheduled]) -> None:
+    def _run(self, entries: list[Scheduled]) -> tuple[list[Segment], torch.Tensor]:
+        """One forward of the main model over every scheduled token; returns each entry's rows and the hidden states."""
         now = time.time()
         self.stats["steps"] += 1
         ids, pos, segs, row = [], [], [], 0
@@ -310,14 +264,48 @@ class LLMEngine:
         self.stats["tokens_scheduled"] += row
         dev = self.device
         meta = build_meta(segs, self.cache.block_size, dev)
-        hidden = self.runner.forward(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta)
-        # logits only where tokens are produced: the last real token and every draft of a completing chunk
-        done = [(e, seg) for e, seg in zip(entries, segs) if e.completes]
-        rows = [r for e, seg in done for r in range(seg.row + e.num_real - 1, seg.row + seg.n)]
+        return segs, self.runner.forward(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta)
+
+    @torch.inference_mode()
+    def _postprocess(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor) -> None:
+        """New tokens where chunks complete, then the step's bookkeeping: MTP drafts, prefix-cache registrations,
+        n > 1 forks, freeing finished sequences. A failure in one request's own work ends that request alone."""
         old = {id(e.seq): e.seq.num_computed for e in entries}
         old_hidden = {id(e.seq): e.seq.last_hidden for e in entries}
         failed: dict[Request, Exception] = {}  # requests ended by an error of their own in this step
-        results = self._sample_guarded(done, self.runner.logits(hidden[rows]), failed) if done else []
+        children = self._append_new_tokens(entries, segs, hidden, failed)
+        for e in entries:
+            if not e.completes:
+                e.seq.num_computed += e.num_real
+        if self.drafter is not None:
+            self._draft_guarded(entries, segs, hidden, old, old_hidden)
+        if self.prefix_caching:
+            # not the failed requests' blocks: their tokens may lag behind num_computed, so a hash could be wrong
+            for e, seg in zip(entries, segs):
+                if e.seq.request not in failed:
+                    self._guarded(failed, e.seq.request, register_full_blocks, e.seq, seg, hidden, old[id(e.seq)],
+                                  self.cache, self.num_spec > 0)
+        for e in entries:
+            if e.seq.pending_fork and e.completes and e.seq.request not in failed:
+                self._guarded(failed, e.seq.request, self._fork, e.seq,
+                              [c for c in children if c.request is e.seq.request])
+        for e in entries:
+            if e.seq.finished:
+                self.scheduler.remove(e.seq)
+        for req in failed:  # its other samples, not scheduled in this step, free their blocks too
+            for seq in req.seqs:
+                self.scheduler.remove(seq)
+
+    def _append_new_tokens(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor,
+                           failed: dict[Request, Exception]) -> list[Sequence]:
+        """Sample (or verify drafts) from the logits of completing chunks and append the tokens; requests whose own
+        work raises end and go into `failed`. Returns the new samples of n > 1 requests, to be forked."""
+        # logits only where tokens are produced: the last real token and every draft of a completing chunk
+        done = [(e, seg) for e, seg in zip(entries, segs) if e.completes]
+        if not done:
+            return []
+        rows = [r for e, seg in done for r in range(seg.row + e.num_real - 1, seg.row + seg.n)]
+        results = self._sample_guarded(done, self.runner.logits(hidden[rows]), failed)
         children: list[Sequence] = []
         for e, seq, toks, accepted, lps in results:
             if seq.request in failed:
@@ -333,26 +321,7 @@ class LLMEngine:
                 failed.setdefault(seq.request, err)
         for req, err in failed.items():
             self._fail_request(req, err)
-        for e in entries:
-            if not e.completes:
-                e.seq.num_computed += e.num_real
-        if self.drafter is not None:
-            self._draft_guarded(entries, segs, hidden, old, old_hidden)
-        if self.prefix_caching:
-            # not the failed requests' blocks: their tokens may lag behind num_computed, so a hash could be wrong
-            for e, seg in zip(entries, segs):
-                if e.seq.request not in failed:
-                    self._guarded(failed, e.seq.request, self._register_blocks, [e], [seg], hidden, old)
-        for e in entries:
-            if e.seq.pending_fork and e.completes and e.seq.request not in failed:
-                self._guarded(failed, e.seq.request, self._fork, e.seq,
-                              [c for c in children if c.request is e.seq.request])
-        for e in entries:
-            if e.seq.finished:
-                self.scheduler.remove(e.seq)
-        for req in failed:  # its other samples, not scheduled in this step, free their blocks too
-            for seq in req.seqs:
-                self.scheduler.remove(seq)
+        return children
 
     def _guarded(self, failed: dict[Request, Exception], req: Request, fn: Callable[..., None], *args: Any) -> None:
         """fn(*args), the bookkeeping of one request's sequences: if it raises, that request alone ends."""
@@ -372,28 +341,16 @@ class LLMEngine:
         except Exception as err:
             log.error("MTP drafting failed; speculative decoding is off from now on", exc_info=err)
             self.drafter, self.num_spec = None, 0
-            self.scheduler.need_hidden = False  # prefix hits no longer need MTP's hidden states
+            self.scheduler.stop_speculation()
             self.stats["spec_disabled"] = 1
-            for seq in self.scheduler.running:
-                seq.drafts, seq.draft_logp = [], None
             for e in entries:
-                e.seq.drafts, e.seq.draft_logp = [], None
+                e.seq.clear_drafts()
 
     def _fail_request(self, req: Request, err: Exception) -> None:
         """End one request because of an error raised by its own work: every sample that has not finished gets
         finish_reason "error" and the message goes to RequestOutput.error. The caller frees the blocks."""
         log.warning("request %r failed and was ended alone", req.request_id, exc_info=err)  # the traceback
-        req.error = f"{type(err).__name__}: {err}"
-        for seq in req.seqs:
-            seq.finished = True
-            seq.pending_fork = False
-            seq.drafts, seq.draft_logp = [], None
-        for o in req.outputs:
-            if o.finish_reason is None:
-                o.finish_reason = "error"
-        if req.metrics.finished_time is None:
-            req.metrics.finished_time = time.time()
-        req.dirty = True
+        req.fail(f"{type(err).__name__}: {err}")
 
     # ------------------------------------------------------------------ sampling
     def _sample_guarded(self, done: list[tuple[Scheduled, Segment]], logits: torch.Tensor,
@@ -491,56 +448,10 @@ class LLMEngine:
         append_tokens(seq, toks, lps, self._stop_ids(seq.request.params), self.think_ids, self.max_model_len,
                       self.tokenizer)
 
-    # ------------------------------------------------------------------ prefix caching
-    def _register_blocks(self, entries: list[Scheduled], segs: list[Segment], hidden: torch.Tensor,
-                         old: dict[int, int]) -> None:
-        """Put every block that became full and computed (main and, with MTP, MTP rows) into the prefix cache;
-        with MTP each keeps the hidden state of its last position, which the MTP row after it needs."""
-        bs, pool = self.cache.block_size, self.cache.pool
-        for e, seg in zip(entries, segs):
-            s = e.seq
-            upto = min(s.num_computed, s.mtp_len if self.num_spec else s.num_computed) // bs
-            if upto <= s.num_registered:
-                continue
-            s.ensure_hashes(upto, bs)
-            c_old = old[id(s)]
-            for i in range(s.num_registered, upto):
-                extra = None
-                last = (i + 1) * bs - 1
-                if self.num_spec and c_old <= last < c_old + seg.n:
-                    extra = hidden[seg.row + last - c_old].clone()
-                pool.register(s.blocks[i], s.hashes[i], extra)
-            s.num_registered = upto
-
     # ------------------------------------------------------------------ n > 1: share the prompt's blocks
     def _fork(self, leader: Sequence, children: list[Sequence]) -> None:
-        """Children share the leader's full prompt blocks (ref-counted) and get a copy of its partial last block."""
-        leader.pending_fork = False
-        bs, n_prompt = self.cache.block_size, leader.num_prompt
-        full = n_prompt // bs
-        partial = n_prompt % bs != 0
-        for child in children:
-            child.request.seqs.append(child)
-            if child.finished:
-                continue
-            child.request.metrics.num_cached_tokens += n_prompt
-            if partial and self.cache.pool.num_free < 1 or len(leader.blocks) < full + partial:
-                child.reset_for_recompute()
-                child.request.metrics.num_cached_tokens -= n_prompt
-                self.scheduler.requeue_front(child)
-                continue
-            shared = leader.blocks[:full]
-            self.cache.pool.share(shared)
-            child.blocks = list(shared)
-            if partial:
-                (new,) = self.cache.pool.allocate(1)
-                self.cache.copy_block(leader.blocks[full], new)
-                child.blocks.append(new)
-            child.num_computed = n_prompt
-            child.num_registered = min(full, leader.num_registered)
-            child.last_hidden = leader.last_hidden
-            child.mtp_len = n_prompt  # the row at n_prompt used the leader's token: recompute it
-            self.scheduler.running.append(child)
+        """The leader's prefilled prompt, shared with the request's other samples (sharing.fork_prompt)."""
+        fork_prompt(leader, children, self.cache, self.scheduler)
 
     # ------------------------------------------------------------------ outputs
     def _collect(self) -> list[RequestOutput]:

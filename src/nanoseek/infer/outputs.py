@@ -42,10 +42,6 @@ class RequestMetrics:
     num_preemptions: int = 0
 
     @property
-    def time_to_first_token(self) -> float | None:
-        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
-
-    @property
     def acceptance_rate(self) -> float | None:
         n = self.spec_num_draft_tokens
         return self.spec_num_accepted_tokens / n if n else None

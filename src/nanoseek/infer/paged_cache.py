@@ -70,6 +70,10 @@ class BlockPool:
                 del self.free[b]
             self.ref[b] += 1
 
+    def is_free(self, block: int) -> bool:
+        """No sequence holds it (it may still be in the prefix cache)."""
+        return self.ref[block] == 0
+
     def release(self, blocks: list[int]) -> None:
         # last blocks first, so that a sequence's tail is evicted before its prefix
         for b in reversed(blocks):
@@ -90,6 +94,16 @@ class BlockPool:
 
     def lookup(self, h: bytes) -> int | None:
         return self.by_hash.get(h)
+
+    def extra_of(self, block: int) -> Any:
+        """What was registered with a cached block (MTP: its last hidden state), or None."""
+        return self.extra.get(block)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (blocks held by sequences stay theirs)."""
+        self.by_hash.clear()
+        self.hash_of.clear()
+        self.extra.clear()
 
     def _forget(self, block: int) -> None:
         h = self.hash_of.pop(block, None)
@@ -174,9 +188,3 @@ class PagedLatentCache:
     def copy_block(self, src: int, dst: int) -> None:
         bs = self.block_size
         self.kv[:, dst * bs:(dst + 1) * bs] = self.kv[:, src * bs:(src + 1) * bs]
-
-
-def slots_for(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Flat slot indices of positions (..., P) given block tables (..., max_blocks) with matching leading dims."""
-    blk = torch.gather(block_table, -1, positions // block_size)
-    return blk * block_size + positions % block_size

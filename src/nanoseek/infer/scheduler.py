@@ -12,73 +12,10 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
-import torch
-
-from .paged_cache import PagedLatentCache, block_hash
-
-if TYPE_CHECKING:
-    from .engine import Request
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One sample being generated: the state the scheduler, cache and speculative decoder share."""
-    seq_id: int
-    request: "Request"
-    index: int  # which of the request's n samples
-    tokens: list[int]
-    num_prompt: int
-    generator: torch.Generator | None = None
-    num_computed: int = 0  # positions [0, num_computed) of the main layers are in the cache
-    mtp_len: int = 1  # MTP rows [1, mtp_len) are in the cache (row p combines h_{p-1} and token p)
-    blocks: list[int] = field(default_factory=list)
-    last_hidden: torch.Tensor | None = None  # main model's hidden state at position num_computed − 1
-    drafts: list[int] = field(default_factory=list)
-    draft_logp: torch.Tensor | None = None  # (len(drafts), V) draft distributions (None when greedy)
-    finished: bool = False
-    pending_fork: bool = False  # leader of an n > 1 request whose prompt is not yet prefilled
-    state: Any = None  # the engine's per-output state (detokenizer, logprobs, metrics)
-    hashes: list[bytes] = field(default_factory=list)  # prefix hashes of the full blocks of `tokens`
-    num_registered: int = 0  # blocks[:num_registered] are in the prefix cache
-
-    @property
-    def priority(self) -> tuple[int, int]:
-        return self.request.arrival_index, self.index
-
-    @property
-    def num_output(self) -> int:
-        return len(self.tokens) - self.num_prompt
-
-    def ensure_hashes(self, n_blocks: int, block_size: int) -> None:
-        while len(self.hashes) < n_blocks:
-            i = len(self.hashes)
-            self.hashes.append(block_hash(self.hashes[-1] if i else b"", self.tokens[i * block_size:(i + 1) * block_size]))
-
-    def reset_for_recompute(self) -> None:
-        self.num_computed = 0
-        self.num_registered = 0
-        self.mtp_len = 1
-        self.last_hidden = None
-        self.drafts = []
-        self.draft_logp = None
-
-
-@dataclass
-class Scheduled:
-    seq: Sequence
-    num_real: int  # tokens[num_computed : num_computed + num_real] are fed
-    drafts: list[int]  # then these draft tokens
-    completes: bool = False  # the chunk reaches the end of the known tokens: its last logits give a new token
-
-    def __post_init__(self) -> None:
-        self.completes = self.seq.num_computed + self.num_real == len(self.seq.tokens)
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_real + len(self.drafts)
+from .paged_cache import PagedLatentCache
+from .sequence import Scheduled, Sequence
 
 
 @dataclass
@@ -126,6 +63,17 @@ class Scheduler:
         self.cache.pool.release(seq.blocks)
         seq.blocks = []
 
+    def add_running(self, seq: Sequence) -> None:
+        """A sequence whose blocks are already in place (a forked sample) runs from the next step."""
+        self.running.append(seq)
+
+    def stop_speculation(self) -> None:
+        """Speculative decoding is off: drop the running sequences' drafts; prefix hits no longer need MTP's hidden
+        states."""
+        self.need_hidden = False
+        for seq in self.running:
+            seq.clear_drafts()
+
     def remove(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence and free its blocks."""
         if seq in self.running:
@@ -133,9 +81,6 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.free(seq)
-
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -184,16 +129,12 @@ class Scheduler:
             start = len(hits) * self.cache.block_size
             num_real = min(len(seq.tokens) - start, budget)
             need = self.cache.blocks_for(start + num_real + self.lookahead) - len(hits)
-            if need > pool.num_free - sum(1 for b in hits if pool.ref[b] == 0):
+            if need > pool.num_free - sum(1 for b in hits if pool.is_free(b)):
                 break
             self.waiting.popleft()
             if hits:
                 pool.share(hits)
-                seq.blocks = list(hits)
-                seq.num_computed = start
-                seq.num_registered = len(hits)
-                seq.mtp_len = start
-                seq.last_hidden = pool.extra.get(hits[-1])
+                seq.start_from_prefix(hits, start, pool.extra_of(hits[-1]))
                 seq.request.metrics.num_cached_tokens += start
             seq.blocks.extend(pool.allocate(need))
             self.running.append(seq)
@@ -213,6 +154,6 @@ class Scheduler:
                 break
             hits.append(b)
         if self.need_hidden:
-            while hits and hits[-1] not in pool.extra:
+            while hits and pool.extra_of(hits[-1]) is None:
                 hits.pop()
         return hits

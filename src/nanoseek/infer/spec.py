@@ -18,11 +18,36 @@ Rejected drafts need no explicit rollback: num_computed / mtp_len move back and 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .runner import ModelRunner, Segment, build_meta
 from .sampling import Sampler, sample_from_logprobs, uniform
-from .scheduler import Scheduled, Sequence
+from .sequence import Scheduled, Sequence
+
+
+def parse_speculative(speculative: Any) -> int:
+    """None/False/0: off; True or "mtp": 1 draft token; an int k; or vLLM's {"method": "mtp",
+    "num_speculative_tokens": k}. Returns k."""
+    if speculative is None or speculative is False:
+        return 0
+    if speculative is True:
+        return 1
+    if isinstance(speculative, str):
+        if speculative.lower() in ("mtp", "deepseek_mtp"):
+            return 1
+        raise ValueError(f"speculative: unknown method {speculative!r} (only 'mtp')")
+    if isinstance(speculative, int):
+        if speculative < 0:
+            raise ValueError(f"speculative: number of draft tokens must be >= 0 (got {speculative})")
+        return speculative
+    if isinstance(speculative, dict):
+        method = speculative.get("method", "mtp")
+        if method not in ("mtp", "deepseek_mtp"):
+            raise ValueError(f"speculative.method: only 'mtp' is supported (got {method!r})")
+        return parse_speculative(int(speculative.get("num_speculative_tokens", 1)))
+    raise ValueError(f"speculative: expected None, bool, int, 'mtp' or a dict (got {speculative!r})")
 
 
 def verify_greedy(drafts: list[int], target_argmax: list[int]) -> tuple[int, int]:
@@ -87,8 +112,8 @@ class MTPDrafter:
             s = e.seq
             c_old, c_new = old[id(s)], s.num_computed
             if c_new > c_old:
-                s.last_hidden = hidden[seg.row + c_new - 1 - c_old].clone()
-            s.drafts, s.draft_logp = [], None
+                s.keep_hidden(hidden[seg.row + c_new - 1 - c_old].clone())
+            s.clear_drafts()
             if s.finished:
                 continue
             m_old, m_new = s.mtp_len, min(c_new + 1, len(s.tokens))
@@ -106,7 +131,7 @@ class MTPDrafter:
             n = m_new - m_old
             mtp_segs.append(Segment(row, n, m_old, s.blocks, decode=n <= self.k + 1))
             who.append((s, row + n - 1, m_new == c_new + 1))
-            s.mtp_len = m_new
+            s.advance_mtp(m_new)
             row += n
         if not mtp_segs:
             return
@@ -129,10 +154,7 @@ class MTPDrafter:
             logits = self.sampler.mask_vocab(self.runner.logits(h))
             tok, logp = self.sampler.sample(logits, [s.request.params for s in seqs], [s.generator for s in seqs])
             for i, s in enumerate(seqs):
-                s.drafts.append(tok[i])
-                if logp is not None and not s.request.params.greedy:
-                    q = logp[i:i + 1]
-                    s.draft_logp = q if s.draft_logp is None else torch.cat([s.draft_logp, q])
+                s.add_draft(tok[i], logp[i:i + 1] if logp is not None and not s.request.params.greedy else None)
             if depth + 1 >= self.k:
                 break
             # chain: the module on its own output and the draft, a provisional row overwritten next step

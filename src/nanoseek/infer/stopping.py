@@ -12,14 +12,13 @@ import time
 from typing import Any
 
 from .outputs import Logprob, OutputState
-from .scheduler import Sequence
+from .sequence import Sequence
 
 
 def append_tokens(seq: Sequence, toks: list[int], lps: list[Any], stop_ids: set[int],
                   think_ids: tuple[int | None, int | None], max_model_len: int, tokenizer: Any) -> None:
     """Append toks one by one; stops at the first that ends the sequence or that was forced."""
-    req, p, o = seq.request, seq.request.params, seq.state
-    m = req.metrics
+    p, o, m = seq.request.params, seq.state, seq.request.metrics
     m.num_steps += 1
     if m.first_token_time is None:
         m.first_token_time = time.time()
@@ -36,24 +35,22 @@ def append_tokens(seq: Sequence, toks: list[int], lps: list[Any], stop_ids: set[
             o.thinking = True
         elif o.thinking:
             o.thinking_tokens += 1
-        seq.tokens.append(t)
-        o.token_ids.append(t)
+        seq.append_token(t)
         m.num_generated_tokens += 1
-        req.dirty = True
         if o.logprobs is not None and j < len(lps):
             _add_logprob(o, t, lps[j], not forced, tokenizer)
         n_out = len(o.token_ids)
         if t in stop_ids and n_out >= p.min_tokens:
-            finish(seq, "stop", t if t in p.stop_token_ids else None)
+            seq.finish("stop", t if t in p.stop_token_ids else None)
             if p.include_stop_str_in_output:
                 o.detok.add(t)
             return
         stop = o.detok.add(t, check_stop=n_out >= p.min_tokens)
         if stop is not None:
-            finish(seq, "stop", stop)
+            seq.finish("stop", stop)
             return
         if p.max_tokens is not None and n_out >= p.max_tokens or len(seq.tokens) >= max_model_len:
-            finish(seq, "length", None)
+            seq.finish("length", None)
             return
         if forced:
             return  # the tokens sampled after the forced one no longer follow
@@ -69,12 +66,3 @@ def _add_logprob(o: OutputState, t: int, lp: tuple, same: bool, tokenizer: Any) 
     o.logprobs.append(entry)
     o.cumulative_logprob += entry[t].logprob
 
-
-def finish(seq: Sequence, reason: str, stop_reason: int | str | None) -> None:
-    seq.finished = True
-    seq.state.finish_reason = reason
-    seq.state.stop_reason = stop_reason
-    seq.drafts, seq.draft_logp = [], None
-    req = seq.request
-    if all(o.finish_reason is not None for o in req.outputs):
-        req.metrics.finished_time = time.time()

@@ -3,51 +3,22 @@
 Self-consistency (Wang et al. 2022): sample several chains of thought, extract each final answer, return the most
 frequent one; DeepSeek-R1 reports it as cons@64. Best-of-n keeps the sample a user-supplied scorer likes best.
 Sample with `SamplingParams(n=..., temperature > 0)`: the n samples share one prefill of the prompt.
+Answers are read by `nanoseek.rewards.extract_answer`, the one extractor that rewards and evaluation use too.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import rewards
 from .outputs import CompletionOutput, RequestOutput
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-
-
-def _boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...}, with nested braces."""
-    at = text.rfind("\\boxed")
-    if at < 0:
-        return None
-    i = text.find("{", at)
-    if i < 0:
-        return None
-    depth, j = 0, i
-    while j < len(text):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j].strip()
-        j += 1
-    return None
 
 
 def extract_answer(text: str) -> str | None:
-    """A final answer from a completion: the last \\boxed{...}; else what follows the last "answer is"/"Answer:";
-    else the last number. The reasoning before `</think>` is ignored when present. None when nothing is found."""
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    box = _boxed(text)
-    if box:
-        return box
-    m = list(re.finditer(r"(?:answer is|answer:)\s*([^\n]+)", text, flags=re.IGNORECASE))
-    if m:
-        ans = m[-1].group(1).strip().rstrip(".").strip()
-        if ans:
-            return ans
-    nums = _NUMBER.findall(text)
-    return nums[-1].replace(",", "") if nums else None
+    """A completion's final answer for voting: `rewards.extract_answer` on the text after the reasoning (nothing
+    when a think block never closed), leniently, falling back to the last number. None when nothing is found."""
+    return rewards.extract_answer(rewards.answer_region(text), last_number=True)
 
 
 def _texts(samples: RequestOutput | Iterable[CompletionOutput | str]) -> list[str]:
