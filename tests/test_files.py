@@ -160,12 +160,14 @@ def test_parse_size_errors_name_the_setting(bad):
         parse_size(bad, "max_shard_size")
 
 
-def test_old_parsers_are_the_new_one():
-    import nanoseek.checkpoint as ckpt
-    from nanoseek.infer.paged_cache import parse_bytes
-    assert ckpt.parse_size("5GB") == parse_bytes("5GB") == parse_size("5GB")
-    with pytest.raises(ValueError, match="cache_budget"):
-        parse_bytes("lots")
+def test_the_engine_reads_its_cache_budget_with_parse_size():
+    from nanoseek.infer import LLM
+    from nanoseek.model import Transformer
+    from nanoseek.presets import PRESETS
+    from nanoseek.config import ModelConfig
+    model = Transformer(ModelConfig.from_dict({**PRESETS["tiny"], "num_hidden_layers": 1})).eval()
+    with pytest.raises(ValueError, match="cache_budget: cannot read .lots. as a size"):
+        LLM(model, cache_budget="lots")
 
 
 def test_training_checkpoint_cleanup_finds_both_temp_namings(tmp_path):

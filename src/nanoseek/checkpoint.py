@@ -29,7 +29,7 @@ from .memory import ModelTooLargeError, check_memory
 from .model import Transformer
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "WEIGHTS_NAME", "config_for_save", "convert_checkpoint", "load_pretrained",
-           "parse_size", "read_config", "resolve_dtype", "save_pretrained", "with_scales"]
+           "read_config", "resolve_dtype", "save_pretrained", "with_scales"]
 
 _IGNORABLE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")  # buffers of old checkpoints, recomputed
 _WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|ckpt)$|.*\.index\.json$")

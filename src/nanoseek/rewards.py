@@ -99,7 +99,7 @@ def answer_region(text: str) -> str:
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS = re.compile(r"answer(?: is|:)[ \t:]*([^\n]*?)(?=\.[ \t]|\.?[ \t]*$|\.?[ \t]*\n)",
+_ANSWER_IS = re.compile(r"answer is[ \t:]*([^\n]*?)(?=\.[ \t]|\.?[ \t]*$|\.?[ \t]*\n)",
                         re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
@@ -117,8 +117,8 @@ def _matching_braces(text: str) -> dict[int, int]:
 
 
 def extract_answer(text: str, *, last_number: bool = False) -> str | None:
-    r"""The last answer in `text`: `\boxed{X}`, `#### X` (GSM8K) or "The answer is X" / "Answer: X", whichever
-    comes last (a box left unclosed or empty is no answer).
+    r"""The last answer in `text`: `\boxed{X}`, `#### X` (GSM8K) or "The answer is X", whichever comes last (a box
+    left unclosed or empty is no answer).
 
     With `last_number=True`, the last number in the text (thousands commas dropped) is the answer when none of
     those markers is present: lenient reading of models that do not follow the convention, as majority voting

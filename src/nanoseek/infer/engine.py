@@ -23,9 +23,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..files import parse_size
 from .detok import Detokenizer
 from .outputs import OutputState, RequestMetrics, RequestOutput, build_output
-from .paged_cache import PagedLatentCache, bytes_per_token, parse_bytes
+from .paged_cache import PagedLatentCache, bytes_per_token
 from .runner import ModelRunner, Segment, build_meta
 from .sampling import Sampler, SamplingParams, apply_penalties, child_seed, top_logprobs
 from .scheduler import Scheduler
@@ -67,7 +68,7 @@ class LLMEngine:
             need = max_num_seqs * min(want_len, 4096) * bytes_per_token(cfg, n_layers, kv_dtype)
             budget = min(need, DEFAULT_CACHE_BYTES)
         else:
-            budget = parse_bytes(cache_budget)
+            budget = parse_size(cache_budget, "cache_budget")  # '512MiB', '2GB', or bytes
         self.cache = PagedLatentCache.from_budget(cfg, budget, block_size, n_layers, kv_dtype, self.device)
         capacity = self.cache.capacity_tokens - lookahead - 1
         if max_model_len is not None:

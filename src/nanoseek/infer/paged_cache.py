@@ -19,12 +19,6 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from ..files import parse_size
-
-
-def parse_bytes(budget: int | float | str) -> int:
-    """cache_budget in bytes: a number or a size like '512MiB', '2GB', '1.5 GiB' (nanoseek.files.parse_size)."""
-    return parse_size(budget, "cache_budget")
 
 
 def bytes_per_token(cfg: ModelConfig, n_layers: int, dtype: torch.dtype) -> int:
