@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        from .train.trainer import TrainingError
+        from .train.loop import TrainingError
         if not isinstance(e, TrainingError):
             raise
         print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
