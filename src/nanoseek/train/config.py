@@ -15,7 +15,7 @@ from .settings import RunConfig, parse_json_or_text
 class TrainConfig(RunConfig):
     """`nanoseek train`: pretraining from scratch (RunConfig's fields, then these)."""
     what: ClassVar[str] = "train config"
-    model: str = "tiny"  # preset name or model directory (config.json; weights loaded when present, for SFT)
+    model: str = "tiny"  # preset name or model directory (its config.json): the architecture to train
     model_overrides: dict[str, Any] = field(default_factory=dict)  # model config fields (--model.<field> value)
     dense: bool = False  # dense baseline with the same activated parameters (routed+shared experts -> one MLP)
     attention: str = "mla"  # mla | mha: standard multi-head attention baseline (ablations; not exportable)
@@ -99,6 +99,7 @@ class TrainConfig(RunConfig):
 class SFTConfig(TrainConfig):
     """`nanoseek sft`: fine-tuning on chats (TrainConfig's fields with fine-tuning defaults, then these)."""
     what: ClassVar[str] = "sft config"
+    model: str = "tiny"  # model directory to fine-tune (weights + tokenizer), or a preset trained from scratch
     data: str = ""  # chat jsonl file(s), comma-separated, or a prepared data directory (or use --task)
     run_dir: str = "runs/sft"  # where checkpoints, metrics.jsonl and the exported model go
     max_steps: int = 200  # optimizer steps
