@@ -32,7 +32,7 @@ def test_deepseek_v3_reproduces_the_published_figures_without_weights(tmp_path, 
     rep = build_report("deepseek-v3", tmp_path)
     acc = rep["accounting"]
     p, kv = acc["params"], acc["kv_cache"]
-    # ../shared/reference/architecture.md §2.1, computed exactly from the official config.json
+    # counted exactly from the official config.json (huggingface.co/deepseek-ai/DeepSeek-V3); the paper says 671B / 37B
     assert p["total"] == 671_026_419_200 and p["active"] == 37_552_297_472
     assert p["active_no_embedding"] == 36_625_618_432  # DeepSeek's "37B": head counted, input embedding not
     assert round(100 * p["active_fraction_no_embedding"], 1) == 5.5  # the seed's 5.5%
