@@ -85,14 +85,14 @@ class TrainConfig(RunConfig):
         return items
 
     @classmethod
-    def _put(cls, values: dict[str, Any], key: str, value: Any, source: str) -> None:
+    def _put(cls, values: dict[str, Any], key: str, value: Any, source: str, defaults: dict[str, Any]) -> None:
         overrides = values.setdefault("model_overrides", {})
         if key.startswith("model."):
             overrides[key[6:]] = parse_json_or_text(value) if isinstance(value, str) else value
         elif key == "model_overrides" and isinstance(value, dict):
             overrides.update(value)
         else:
-            super()._put(values, key, value, source)
+            super()._put(values, key, value, source, defaults)
 
 
 @dataclass

@@ -64,7 +64,10 @@ class DistillConfig(Settings):
             raise self.bad("temperature", "must be >= 0")
         if self.sft and not self.student:
             raise ValueError(f"{self.what}: SFT settings need --student (got {', '.join(self.sft)})")
-        level_list(self.levels, f"{self.what}: levels")
+        self.level_list()
+
+    def level_list(self) -> list[int] | None:
+        return level_list(self.levels, f"{self.what}: levels")
 
     def student_config(self) -> SFTConfig:
         """The student's SFT: on the kept traces, tokenized with the student's tokenizer or else the teacher's."""
@@ -153,7 +156,7 @@ def run(cfg: DistillConfig, log: Callable[[str], None] = print) -> dict[str, Any
         raise FileNotFoundError(f"teacher {cfg.teacher}: no tokenizer.json (a model directory as nanoseek sft, grpo "
                                 f"and train export it)")
     student = cfg.student_config() if cfg.student else None  # bad SFT settings fail before the sampling
-    rows, verifier = prompt_rows(cfg.task, cfg.data, cfg.num_prompts, level_list(cfg.levels, "levels"), cfg.seed)
+    rows, verifier = prompt_rows(cfg.task, cfg.data, cfg.num_prompts, cfg.level_list(), cfg.seed)
     dev = pick_device(cfg.device)
     model = load_pretrained(cfg.teacher, dtype=torch.float32 if dev.type == "cpu" else None, device=dev)
     tok = Tokenizer.from_pretrained(cfg.teacher)

@@ -149,8 +149,9 @@ class GRPOTrainer(TrainingLoop):
             self.model.train(was_training)
         return res["results"][self.cfg.task]
 
-    def eval_metrics(self) -> dict[str, Any]:
-        """eval_accuracy, eval_ci95 and eval_examples for metrics.jsonl (empty without a held-out set)."""
+    def evaluation(self) -> dict[str, Any]:
+        """eval_accuracy, eval_ci95 and eval_examples for metrics.jsonl (empty without a held-out set, or with
+        eval_prompts 0)."""
         res = self.evaluate()
         if res is None or "accuracy" not in res:
             return {}
@@ -328,14 +329,11 @@ class GRPOTrainer(TrainingLoop):
         if "prompts" in ckpt:
             self.prompts.load_state_dict(ckpt["prompts"])
 
-    def evaluation(self) -> dict[str, Any]:
-        return self.eval_metrics() if self.cfg.eval_prompts > 0 else {}
-
     def begin(self) -> None:
         """A fresh run measures the held-out accuracy it starts from (the row of step 0)."""
         self._summary, self._rewards = {}, []
         if self.step == 0 and self.cfg.eval_prompts > 0:
-            ev = self.eval_metrics()
+            ev = self.evaluation()
             self._summary["eval_accuracy_start"] = ev.get("eval_accuracy")
             if ev:
                 self.write_row({"step": 0, **ev})

@@ -30,11 +30,12 @@ class Settings:
               **kwargs: Any) -> S:
         """Defaults < config file < `--key value` overrides < keyword arguments. Unknown keys are errors."""
         values: dict[str, Any] = {}
+        defaults = cls.defaults()
         layers = (("config file", cls._file_items(file_values or {})),
                   ("command line", parse_overrides(overrides, cls.what)), ("argument", list(kwargs.items())))
         for source, items in layers:
             for key, value in items:
-                cls._put(values, key.replace("-", "_"), value, source)
+                cls._put(values, key.replace("-", "_"), value, source, defaults)
         cfg = cls._make(values)
         cfg.validate()
         return cfg
@@ -44,8 +45,8 @@ class Settings:
         return list(file_values.items())
 
     @classmethod
-    def _put(cls, values: dict[str, Any], key: str, value: Any, source: str) -> None:
-        defaults = cls.defaults()
+    def _put(cls, values: dict[str, Any], key: str, value: Any, source: str, defaults: dict[str, Any]) -> None:
+        """Set one key's value, parsed to its field's type (`defaults`: each field's default)."""
         if key not in defaults and cls.owns(key):  # `--no-KEY`: a boolean setting off
             key, value = key[3:], not coerce(f"{cls.what}: {key}", value, True)
         if key not in defaults:
